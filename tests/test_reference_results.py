@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from defectbench import tables
+from defectbench import reference, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results" / "reference"
@@ -64,3 +64,12 @@ def test_readme_names_the_config_it_came_from_and_links_exist():
         if "://" in link:
             continue
         assert (REFERENCE / link).resolve().exists(), f"README links {link}, which does not exist"
+
+
+def test_readme_number_tables_regenerate_from_parquet():
+    readme = (REFERENCE / "README.md").read_text()
+    committed = reference.readme_sections(readme)
+    rendered = reference.render_sections(TABLES)
+    assert set(committed) == set(rendered), "README lacks generated sections (python -m defectbench.reference)"
+    for name, body in rendered.items():
+        assert committed[name] == body, f"README section {name} is stale: python -m defectbench.reference {REFERENCE}"

@@ -1,0 +1,263 @@
+"""The number tables of ``results/reference/README.md``, generated from the committed Parquet tables.
+
+The README's prose is written by people; its tables of numbers are not: each sits between
+``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` and is rendered here from
+``results/reference/tables/*.parquet`` alone (the stage tables for our numbers, the
+``comparison_*`` tables for the papers' numbers, which they carry). A test checks that the
+committed README matches, so no number in it can drift from the data.
+
+    python -m defectbench.reference results/reference          # rewrite the generated sections
+    python -m defectbench.reference results/reference --check  # exit 1 if they are stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defectbench.runtime import DefectbenchError, atomic_path
+
+CONTRASTIVE_ORDER = ["simclr", "supcon", "dcl", "hcl", "adnce", "decoupled", "fairkl", "gca", "diffcl"]
+ANOMALY_DATASETS = ["magnetic_tile", "elpv"]
+SCORER_NAMES = {"knn": "kNN", "mahalanobis": "Mahalanobis (pinv)", "mahalanobis_shrinkage": "Mahalanobis (Ledoit-Wolf)",
+                "cosine": "cosine to mean", "patchcore": "PatchCore", "ddad": "DDAD"}
+# (label, comparison table, method as the paper names it, dataset_published regex, filters on our anomaly rows)
+ANOMALY_PAPERS = [
+    ("PatchCore WRN50, 224 px (reference code)", "patchcore_mvtec",
+     "PatchCore IM224 WRN50 L2-3 P01 (reference code)", r"MVTec AD average", {"scorer": "patchcore"}),
+    ("PatchCore ResNet-18 (anomalib)", "patchcore_mvtec", "anomalib PatchCore R18", r"MVTec AD average",
+     {"scorer": "patchcore"}),
+    ("DDAD (mean of the 15 categories)", "ddad_mvtec", "DDAD", r"MVTec AD \w", {"scorer": "ddad"}),
+    ("SimCLR R18 + Mahalanobis (best run)", "simclr_anomaly", "SimCLR ResNet-18 + Mahalanobis (best)",
+     r"MVTec AD big5 pooled", {"scorer": "mahalanobis", "features": "simclr"}),
+    ("SimCLR R18 + kNN", "simclr_anomaly", "SimCLR ResNet-18 + KNN", r"MVTec AD big5 pooled",
+     {"scorer": "knn", "features": "simclr"}),
+    ("SimCLR R18 + cosine", "simclr_anomaly", "SimCLR ResNet-18 + Cosine", r"MVTec AD big5 pooled",
+     {"scorer": "cosine", "features": "simclr"}),
+]
+CLUSTERING_PAPER = ("anomaly_clustering", r"MVTec AD texture categories", "Anomaly Clustering WideResNet50, {} weights")
+WEIGHTINGS = ["unsupervised", "supervised", "average"]
+
+
+def _stat(values: pd.Series) -> tuple[float, float, int]:
+    v = values.dropna().astype(float)
+    return (float(v.mean()) if len(v) else math.nan, float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
+
+
+def _fmt(mean: float, std: float = math.nan) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
+
+
+def _delta(ours: float, paper: float) -> str:
+    return "—" if math.isnan(ours) or math.isnan(paper) else f"{ours - paper:+.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _read(tables_dir: Path, name: str) -> pd.DataFrame:
+    path = tables_dir / f"{name}.parquet"
+    if not path.is_file():
+        raise DefectbenchError(f"{path}: table missing; run the reference config (see results/reference/README.md)")
+    return pd.read_parquet(path)
+
+
+def diffcl_section(tables_dir: Path, comparison: str) -> str:
+    """The DiffCL seed table (NEU-CLS or PCB): every method, paper vs ours (linear probe, 100% labels)."""
+    df = _read(tables_dir, f"comparison_{comparison}")
+    metrics = [("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("macro_auroc", "macro AUROC")]
+    header = ["method"] + [f"{label} {who}" for _, label in metrics for who in ("paper", "ours", "Δ")] + ["seeds"]
+    rows = []
+    for method_published, g in df.groupby("method_published", sort=False):
+        row = [str(method_published)]
+        seeds = 0
+        for metric, _ in metrics:
+            m = g[g["metric"] == metric]
+            if m.empty:
+                row += ["—", "—", "—"]
+                continue
+            r = m.iloc[0]
+            ours = float(r["ours"]) if pd.notna(r["ours"]) else math.nan
+            std = float(r["ours_std"]) if pd.notna(r["ours_std"]) else math.nan
+            row += [f"{r['published']:.3f}", _fmt(ours, std), _delta(ours, float(r["published"]))]
+            seeds = max(seeds, int(r["n_seeds"]))
+        implemented = bool(g["method"].fillna("").astype(str).str.len().gt(0).any())
+        rows.append(row + [str(seeds) if implemented else "not implemented"])
+    return _table(header, rows)
+
+
+def label_efficiency_section(tables_dir: Path) -> str:
+    """Every encoder and the supervised baseline at each label fraction (accuracy, macro F1)."""
+    df = _read(tables_dir, "classification")
+    fractions = sorted(df["labels_pct"].dropna().unique())
+    header = ["dataset", "method"] + [f"{m} @ {int(p)}% labels" for p in fractions for m in ("accuracy", "macro F1")]
+    order = {m: i for i, m in enumerate(CONTRASTIVE_ORDER + ["supervised"])}
+    rows = []
+    for (dataset, method), g in sorted(df.groupby(["dataset", "method"]), key=lambda k: (k[0][0], order.get(k[0][1], 99))):
+        row = [str(dataset), str(method)]
+        for p in fractions:
+            sub = g[g["labels_pct"] == p]
+            for metric in ("accuracy", "macro_f1"):
+                mean, std, _ = _stat(sub[metric])
+                row.append(_fmt(mean, std))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def supervised_vs_simclr_section(tables_dir: Path) -> str:
+    """Seed 002's two headline rows (MVTec, binary) beside our NEU and PCB rows (multi-class)."""
+    comp = _read(tables_dir, "comparison_supervised_vs_simclr")
+    cls = _read(tables_dir, "classification")
+    datasets = sorted(cls["dataset"].unique())
+    header = ["setting", "metric", "paper (MVTec AD, good vs defective)"] + [f"ours {d} (Δ)" for d in datasets]
+    rows = []
+    for (method_published, method, pct), g in comp.groupby(["method_published", "method", "labels_pct"], sort=False):
+        for _, r in g.iterrows():
+            if r["metric"] not in ("accuracy",):
+                continue
+            cells = []
+            for d in datasets:
+                mean, std, _ = _stat(cls[(cls["dataset"] == d) & (cls["method"] == method)
+                                         & (cls["labels_pct"] == int(pct))]["accuracy"])
+                cells.append(f"{_fmt(mean, std)} ({_delta(mean, float(r['published']))})")
+            rows.append([f"{method_published}: ours {method} @ {int(pct)}%", "accuracy", f"{r['published']:.3f}", *cells])
+    return _table(header, rows)
+
+
+def anomaly_section(tables_dir: Path) -> str:
+    """Every scorer on each anomaly dataset (mean ± std over seeds)."""
+    df = _read(tables_dir, "anomaly")
+    metrics = [("image_auroc", "image AUROC"), ("image_auprc", "image AUPRC"), ("pixel_auroc", "pixel AUROC"),
+               ("pro", "PRO (FPR ≤ 0.3)"), ("f1", "F1 @ threshold"), ("f1_max_oracle", "F1-max (oracle)")]
+    header = ["dataset", "method", "features"] + [label for _, label in metrics] + ["seeds"]
+    rows = []
+    scorer_order = {s: i for i, s in enumerate(SCORER_NAMES)}
+    keyed = df.assign(features=df["features"].fillna(df["backbone"]))
+    groups = sorted(keyed.groupby(["dataset", "scorer", "features"]),
+                    key=lambda k: (ANOMALY_DATASETS.index(k[0][0]) if k[0][0] in ANOMALY_DATASETS else 99,
+                                   scorer_order.get(k[0][1], 99), k[0][2]))
+    for (dataset, scorer, features), g in groups:
+        row = [str(dataset), SCORER_NAMES.get(scorer, str(scorer)), str(features)]
+        for metric, _ in metrics:
+            mean, std, _ = _stat(g[metric]) if metric in g else (math.nan, math.nan, 0)
+            row.append(_fmt(mean, std))
+        rows.append(row + [str(g["seed"].nunique())])
+    return _table(header, rows)
+
+
+def _anomaly_ours(df: pd.DataFrame, dataset: str, filters: dict[str, str], metric: str) -> float:
+    mask = df["dataset"] == dataset
+    for col, want in filters.items():
+        mask &= df[col] == want
+    return _stat(df.loc[mask, metric])[0] if metric in df else math.nan
+
+
+def anomaly_papers_section(tables_dir: Path) -> str:
+    """The seeds' MVTec AD numbers beside ours on other data (so Δ compares datasets too)."""
+    ours = _read(tables_dir, "anomaly")
+    datasets = [d for d in ANOMALY_DATASETS if d in set(ours["dataset"])]
+    header = ["paper method (MVTec AD)", "metric", "paper"] + [f"ours {d} (Δ)" for d in datasets]
+    rows = []
+    for label, comparison, method_published, dataset_re, filters in ANOMALY_PAPERS:
+        comp = _read(tables_dir, f"comparison_{comparison}")
+        pub = comp[(comp["method_published"] == method_published)
+                   & comp["dataset_published"].str.match(dataset_re)]
+        for metric, g in pub.groupby("metric", sort=False):
+            paper = float(g["published"].mean())
+            cells = []
+            for d in datasets:
+                mine = _anomaly_ours(ours, d, filters, metric)
+                cells.append(f"{_fmt(mine)} ({_delta(mine, paper)})")
+            rows.append([label, str(metric), f"{paper:.3f}", *cells])
+    return _table(header, rows)
+
+
+def clustering_section(tables_dir: Path) -> str:
+    """Each α weighting on each dataset, beside the re-implementation's MVTec texture numbers."""
+    ours = _read(tables_dir, "clustering")
+    comparison, dataset_re, method_fmt = CLUSTERING_PAPER
+    comp = _read(tables_dir, f"comparison_{comparison}")
+    datasets = [d for d in ANOMALY_DATASETS if d in set(ours["dataset"])]
+    header = ["weighting", "metric", "paper (MVTec texture, WRN50)"] + [f"ours {d} (Δ)" for d in datasets]
+    rows = []
+    for w in WEIGHTINGS:
+        pub = comp[(comp["method_published"] == method_fmt.format(w)) & comp["dataset_published"].str.match(dataset_re)]
+        for metric in ("nmi", "ari", "f1"):
+            p = pub[pub["metric"] == metric]["published"]
+            paper = float(p.mean()) if len(p) else math.nan
+            cells = []
+            for d in datasets:
+                mean, std, _ = _stat(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])
+                cells.append(f"{_fmt(mean, std)} ({_delta(mean, paper)})")
+            rows.append([w, metric.upper() if metric != "f1" else "F1", _fmt(paper), *cells])
+    return _table(header, rows)
+
+
+def render_sections(tables_dir: str | Path) -> dict[str, str]:
+    """Every generated section of the reference README, by name."""
+    t = Path(tables_dir)
+    return {
+        "diffcl-neu": diffcl_section(t, "diffcl_neu"),
+        "diffcl-pcb": diffcl_section(t, "diffcl_pcb"),
+        "label-efficiency": label_efficiency_section(t),
+        "supervised-vs-simclr": supervised_vs_simclr_section(t),
+        "anomaly": anomaly_section(t),
+        "anomaly-papers": anomaly_papers_section(t),
+        "clustering": clustering_section(t),
+    }
+
+
+_SECTION = re.compile(r"<!-- generated:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /generated:(?P=name) -->", re.S)
+
+
+def readme_sections(text: str) -> dict[str, str]:
+    """The generated sections as they stand in a README text."""
+    return {m["name"]: m["body"] for m in _SECTION.finditer(text)}
+
+
+def update_readme(readme: str | Path, tables_dir: str | Path) -> bool:
+    """Rewrite the generated sections of ``readme`` in place; return whether anything changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+    sections = render_sections(tables_dir)
+    unknown = set(readme_sections(text)) - set(sections)
+    if unknown:
+        raise DefectbenchError(f"{readme}: unknown generated section(s) {', '.join(sorted(unknown))}")
+    new = _SECTION.sub(
+        lambda m: f"<!-- generated:{m['name']} -->\n{sections[m['name']]}\n<!-- /generated:{m['name']} -->", text)
+    if new != text:
+        with atomic_path(readme) as tmp:
+            tmp.write_text(new)
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m defectbench.reference", description=__doc__.split("\n\n")[0])
+    ap.add_argument("reference_dir", type=Path, help="directory with README.md and tables/ (results/reference)")
+    ap.add_argument("--check", action="store_true", help="only check: exit 1 if a generated section is stale")
+    args = ap.parse_args(argv)
+    readme, tables_dir = args.reference_dir / "README.md", args.reference_dir / "tables"
+    if args.check:
+        stale = [n for n, body in readme_sections(readme.read_text()).items()
+                 if render_sections(tables_dir)[n] != body]
+        if stale:
+            print(f"{readme}: stale section(s) {', '.join(stale)}; run python -m defectbench.reference {args.reference_dir}")
+            return 1
+        return 0
+    changed = update_readme(readme, tables_dir)
+    print(f"{readme}: {'updated' if changed else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
