@@ -18,7 +18,6 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from defectbench.runtime import DefectbenchError, atomic_path
