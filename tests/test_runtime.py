@@ -63,3 +63,18 @@ def test_device_and_amp_fall_back_on_cpu():
     assert effective_amp(torch.device("cpu"), "none") == "none"
     with pytest.raises(DefectbenchError, match="amp"):
         effective_amp(torch.device("cpu"), "int8")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_emulated_bf16_on_cpu_is_said_once(monkeypatch, caplog, native):
+    from defectbench import runtime
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    runtime._warn_if_bf16_emulated.cache_clear()
+    with caplog.at_level("WARNING", logger="defectbench"):
+        for _ in range(3):
+            assert effective_amp(torch.device("cpu"), "bf16") == "bf16"
+        assert effective_amp(torch.device("cpu"), "none") == "none"
+    warnings = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == (0 if native else 1)
+    runtime._warn_if_bf16_emulated.cache_clear()
