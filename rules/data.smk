@@ -7,8 +7,11 @@
 FETCH_KEYS = ["source"]
 MANIFEST_KEYS = FETCH_KEYS + [
     "layout", "category", "max_per_class", "crop_padding", "templates", "classes", "nominal_classes",
+    "labels_file", "bit_depth", "alpha_background",
 ]
 SPLIT_KEYS = ["test_fraction", "holdout_fraction", "official_split"]
+# Pixel scaling comes from the manifest's pixel_scale column; these shape the cached squares.
+CACHE_KEYS = ["alpha_background", "resize", "resize_to"]
 
 
 rule fetch_dataset:
@@ -64,7 +67,7 @@ rule build_cache:
         images="results/data/{dataset}/cache-{size}.npy",
         masks="results/data/{dataset}/masks-{size}.npy",
     params:
-        cfg=data_params([]),
+        cfg=data_params(CACHE_KEYS),
     threads: 2
     log:
         "logs/build_cache/{dataset}/{size}.log",

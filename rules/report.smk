@@ -18,6 +18,7 @@ rule aggregate:
         html=[_table_report(n) for n in TABLE_NAMES],
     params:
         cfg=config_slice("report"),
+        paper_datasets=paper_datasets(),
     log:
         "logs/aggregate/aggregate.log",
     conda:

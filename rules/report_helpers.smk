@@ -2,6 +2,8 @@
 # and the registered final targets. Kept apart from the rules (snakemake --lint).
 from pathlib import Path
 
+from defectbench.tables import comparison_csvs
+
 STAGE_TABLES = ["classification", "anomaly", "clustering", "pretraining"]
 
 
@@ -13,7 +15,13 @@ def published_dir():
     return path
 
 
-PUBLISHED_CSVS = sorted(str(p) for p in published_dir().glob("*.csv"))
+def paper_datasets():
+    """dataset name -> its declared paper_dataset (None: compared with no published number)."""
+    return {name: entry.get("paper_dataset") for name, entry in DATASETS.items()}
+
+
+# Only published files with a row for a configured paper_dataset give a comparison table.
+PUBLISHED_CSVS = [str(p) for p in comparison_csvs(published_dir().glob("*.csv"), paper_datasets())]
 PUBLISHED_NAMES = [Path(p).stem for p in PUBLISHED_CSVS]
 TABLE_NAMES = STAGE_TABLES + [f"comparison_{n}" for n in PUBLISHED_NAMES]
 FIGURES_DIR = "results/figures"

@@ -163,7 +163,7 @@ def test_anomaly_needs_nominal_images():
 
 def test_make_split_reads_config_and_writes_atomically(tmp_path):
     m = manifest({"good": 30, "bad": 10}, nominal=("good",))
-    for col, val in (("path", "x"), ("mask_path", None), ("width", 1), ("height", 1), ("sha256", "0")):
+    for col, val in (("path", "x"), ("mask_path", None), ("width", 1), ("height", 1), ("sha256", "0"), ("pixel_scale", "8bit")):
         m[col] = val
     m.to_parquet(tmp_path / "manifest.parquet")
     out = tmp_path / "splits" / "anomaly-seed0.parquet"

@@ -13,6 +13,7 @@ from defectbench import tables
 from defectbench.runtime import DefectbenchError, write_metrics
 
 PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "config" / "published"
+PAPER_DATASETS = {"neu": "neu_cls", "mvtec_bottle": "mvtec_ad/bottle", "mvtec_screw": "mvtec_ad/screw"}
 
 
 def _job(root: Path, rel: str, stage: str, keys: dict, metrics: dict, protocol: str = "clean") -> Path:
@@ -73,14 +74,22 @@ def test_one_row_per_job_with_schema(jobs):
 def test_write_tables_writes_all_four_and_roundtrips(jobs, tmp_path):
     root, paths = jobs
     out = tmp_path / "tables"
-    written = tables.write_tables(paths, out, PUBLISHED_DIR, root=root)
+    written = tables.write_tables(paths, out, PUBLISHED_DIR, root=root, paper_datasets=PAPER_DATASETS)
     for stage in tables.STAGES:
         df = pd.read_parquet(out / f"{stage}.parquet")
         assert (out / f"{stage}.md").exists()
         assert "config_hash" in df.columns
     assert len(pd.read_parquet(out / "pretraining.parquet")) == 0
     assert "_No jobs" in (out / "pretraining.md").read_text()
-    assert {f"comparison_{p.stem}" for p in PUBLISHED_DIR.glob("*.csv")} <= set(written)
+    # only the published files with a row for a declared paper dataset (NEU, MVTec AD) are compared
+    assert {n for n in written if n.startswith("comparison_")} == {
+        "comparison_diffcl_neu", "comparison_simclr_anomaly", "comparison_supervised_vs_simclr",
+        "comparison_ddad_mvtec", "comparison_patchcore_mvtec", "comparison_anomaly_clustering"}
+    assert not list(out.glob("comparison_diffcl_pcb*")) and not list(out.glob("comparison_diffcl_cifar100*"))
+    neu = pd.read_parquet(out / "comparison_diffcl_neu.parquet")
+    assert len(neu) == len(tables.load_published(PUBLISHED_DIR / "diffcl_neu.csv"))
+    ddad = pd.read_parquet(out / "comparison_ddad_mvtec.parquet")
+    assert not ddad["dataset"].str.startswith("visa").any()  # VisA rows match no configured dataset
     # The Markdown equals its regeneration from Parquet alone (the check issue 7 needs).
     before = {p.name: p.read_text() for p in out.glob("*.md")}
     tables.regenerate_markdown(out)
@@ -104,24 +113,24 @@ def test_comparison_deltas(jobs):
     built = tables.build_tables(paths, root=root)
     published = pd.DataFrame([
         # averaged over mvtec_*: bottle mean (.99+.97)/2 = .98, screw .80 -> .89
-        dict(paper="p", table="anomaly", dataset_published="MVTec avg", dataset="mvtec_*", method_published="PC",
+        dict(paper="p", table="anomaly", dataset_published="MVTec avg", paper_dataset="mvtec_ad/*", method_published="PC",
              method="patchcore", backbone="wide_resnet50_2", labels_pct="", scorer="", features="", weighting="",
              metric_published="AUROC", metric="image_auroc", value="0.95", source="s", differs="data differ"),
-        dict(paper="p", table="classification", dataset_published="NEU", dataset="neu", method_published="SimCLR",
+        dict(paper="p", table="classification", dataset_published="NEU", paper_dataset="neu_cls", method_published="SimCLR",
              method="simclr", backbone="", labels_pct="100", scorer="", features="", weighting="",
              metric_published="Acc", metric="accuracy", value="0.96", source="s", differs=""),
-        dict(paper="p", table="classification", dataset_published="NEU", dataset="neu", method_published="HCL",
+        dict(paper="p", table="classification", dataset_published="NEU", paper_dataset="neu_cls", method_published="HCL",
              method="hcl", backbone="", labels_pct="100", scorer="", features="", weighting="",
              metric_published="Acc", metric="accuracy", value="0.9", source="s", differs=""),
-        dict(paper="p", table="classification", dataset_published="NEU", dataset="neu", method_published="SimpleNet",
+        dict(paper="p", table="classification", dataset_published="NEU", paper_dataset="neu_cls", method_published="SimpleNet",
              method="", backbone="", labels_pct="", scorer="", features="", weighting="",
              metric_published="Acc", metric="accuracy", value="0.9", source="s", differs=""),
-        dict(paper="p", table="anomaly", dataset_published="bottle", dataset="mvtec_bottle", method_published="kNN",
+        dict(paper="p", table="anomaly", dataset_published="bottle", paper_dataset="mvtec_ad/bottle", method_published="kNN",
              method="", backbone="", labels_pct="", scorer="knn", features="simclr", weighting="",
              metric_published="F1", metric="f1", value="0.409", source="s", differs=""),
     ], columns=tables.PUBLISHED_COLUMNS)
     published["value"] = published["value"].astype(float)
-    comp = tables.compare_published(published, built)
+    comp = tables.compare_published(published, built, PAPER_DATASETS)
     assert list(comp.columns) == tables.COMPARISON_COLUMNS
     pc = comp.iloc[0]
     # per-seed averages over datasets: seed0 (.99+.80)/2 = .895, seed1 .97 -> std of [.895, .97]
@@ -133,12 +142,27 @@ def test_comparison_deltas(jobs):
     simclr = comp.iloc[1]
     assert simclr["ours"] == pytest.approx(0.92) and simclr["delta"] == pytest.approx(-0.04)
     assert simclr["protocol"] == "clean" and simclr["n_seeds"] == 3
-    assert math.isnan(comp.iloc[2]["ours"]) and "no run on neu with method=hcl" in comp.iloc[2]["note"]
+    assert "ours: mvtec_bottle, mvtec_screw" in pc["note"]
+    assert math.isnan(comp.iloc[2]["ours"]) and "no run on neu_cls with method=hcl" in comp.iloc[2]["note"]
     assert "not implemented" in comp.iloc[3]["note"]
     knn = comp.iloc[4]
     assert knn["protocol"] == "faithful" and knn["delta"] == pytest.approx(0.5 - 0.409)
     md = tables.render_comparison_markdown(comp, "x")
     assert "-0.0400" in md and "+0.0910" in md
+
+
+def test_comparisons_match_the_declared_paper_dataset_not_the_name(jobs):
+    """A dataset is compared by what it declares: renamed or undeclared datasets behave accordingly."""
+    root, paths = jobs
+    built = tables.build_tables(paths, root=root)
+    published = tables.load_published(PUBLISHED_DIR / "patchcore_mvtec.csv")
+    average = published[(published["paper_dataset"] == "mvtec_ad/*") & (published["metric"] == "image_auroc")].iloc[[0]]
+    # only bottle declares MVTec AD: the average is bottle's seed mean (.99 + .97) / 2, screw left out
+    comp = tables.compare_published(average, built, {"mvtec_bottle": "mvtec_ad/bottle", "mvtec_screw": None})
+    assert comp["ours"].tolist() == [pytest.approx(0.98)] and comp["n_datasets"].tolist() == [1]
+    # declaring nothing: the published rows are not even kept, so no comparison table is written
+    assert tables.published_for(published, {"mvtec_bottle": None, "mvtec_screw": None}).empty
+    assert tables.comparison_csvs(PUBLISHED_DIR.glob("*.csv"), {"mvtec_bottle": None}) == []
 
 
 def test_published_csvs_are_valid():
@@ -174,7 +198,7 @@ def test_cli_compare_tables_and_validate(jobs, tmp_path, capsys):
 
     root, paths = jobs
     out = tmp_path / "tables"
-    tables.write_tables(paths, out, root=root)
+    tables.write_tables(paths, out, root=root, paper_datasets=PAPER_DATASETS)
     assert cli.main(["compare", "--tables-dir", str(out), "--stage", "classification", "--metric", "accuracy"]) == 0
     text = capsys.readouterr().out
     simclr = next(l for l in text.splitlines() if "simclr" in l)

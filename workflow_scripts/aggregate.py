@@ -11,4 +11,5 @@ with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         Path(snakemake.output.tables[0]).parent,  # noqa: F821
         snakemake.input.published,  # noqa: F821
         root=".",
+        paper_datasets=snakemake.params.paper_datasets,  # noqa: F821
     )

@@ -9,5 +9,6 @@ with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         int(snakemake.wildcards.size),  # noqa: F821
         snakemake.output.images,  # noqa: F821
         snakemake.output.masks,  # noqa: F821
+        dataset_cfg=snakemake.params.cfg["dataset"],  # noqa: F821
         workers=snakemake.threads,  # noqa: F821
     )

@@ -125,8 +125,12 @@ def _cmd_tables(args: argparse.Namespace) -> int:
         written = regenerate_markdown(args.out)
         print(f"regenerated {len(written)} Markdown file(s) in {args.out}")
         return 0
+    from defectbench.config import load_config
+
+    datasets = load_config(args.config)["datasets"]
+    paper_datasets = {name: entry.get("paper_dataset") for name, entry in datasets.items()}
     paths = sorted(Path(args.results).rglob("metrics.json"))
-    written = write_tables(paths, args.out, args.published, root=".")
+    written = write_tables(paths, args.out, args.published, root=".", paper_datasets=paper_datasets)
     print(f"{len(paths)} job(s) -> {len(written)} table(s) in {args.out}")
     return 0
 
@@ -163,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--results", default="results", help="directory searched for metrics.json files")
     tab.add_argument("--out", default="results/tables", help="output directory")
     tab.add_argument("--published", default="config/published", help="directory of published-number CSVs")
+    tab.add_argument("--config", default="config/config.yaml",
+                     help="config whose dataset entries declare paper_dataset (which published numbers to compare with)")
     tab.add_argument("--markdown-only", action="store_true", help="only regenerate the *.md files from the Parquet tables")
     tab.set_defaults(func=_cmd_tables)
 

@@ -20,11 +20,15 @@ job, i.e. per ``metrics.json``; column order as listed):
   ``wall_time_s``, ``host``, ``finished_at``, ``path`` (the metrics.json, relative to the project
   root when under it).
 
-``comparison_<name>.parquet`` (one per ``config/published/<name>.csv``): each published row beside
-our mean over seeds (and over the datasets its ``dataset`` pattern matches), one row per
-(published row, our protocol); columns ``COMPARISON_COLUMNS``: ``published``, ``ours``,
-``ours_std``, ``n_seeds``, ``n_datasets``, ``n_jobs``, ``delta = ours - published`` and a ``note``
-saying what differs (data, protocol, budget) or why there is no value.
+``comparison_<name>.parquet`` (one per ``config/published/<name>.csv`` with a row for a configured
+dataset): each published row beside our mean over seeds and over our datasets whose declared
+``paper_dataset`` (the dataset entry key, e.g. ``mvtec_ad/bottle``; never the name a user picks)
+matches the row's ``paper_dataset`` pattern; one row per (published row, our protocol); columns
+``COMPARISON_COLUMNS``: ``dataset`` (the published ``paper_dataset`` pattern), ``published``,
+``ours``, ``ours_std``, ``n_seeds``, ``n_datasets``, ``n_jobs``, ``delta = ours - published`` and a
+``note`` saying which of our datasets matched, what differs (data, protocol, budget) or why there is
+no value. Published rows that match no configured dataset are left out, and a file left with no
+rows writes no comparison table (:func:`published_for`).
 
 The Markdown files (``*.md``) are renderings of the Parquet files for people: seeds aggregated
 to mean +- std (n). :func:`render_markdown` regenerates them from Parquet alone.
@@ -89,7 +93,7 @@ TITLES: dict[str, str] = {
 }
 
 PUBLISHED_COLUMNS: list[str] = [
-    "paper", "table", "dataset_published", "dataset", "method_published", "method", "backbone",
+    "paper", "table", "dataset_published", "paper_dataset", "method_published", "method", "backbone",
     "labels_pct", "scorer", "features", "weighting", "metric_published", "metric", "value",
     "source", "differs",
 ]
@@ -248,9 +252,22 @@ def _is_number(v: str) -> bool:
 
 
 def _dataset_matches(names: pd.Series, pattern: str) -> pd.Series:
-    """``pattern``: ``|``-separated fnmatch patterns (``mvtec_*``, ``neu``); empty matches nothing."""
+    """``pattern``: ``|``-separated fnmatch patterns (``mvtec_ad/*``, ``neu_cls``); empty matches nothing."""
     pats = [p.strip() for p in pattern.split("|") if p.strip()]
     return names.map(lambda n: isinstance(n, str) and any(fnmatch.fnmatchcase(n, p) for p in pats)).astype(bool)
+
+
+def published_for(published: pd.DataFrame, paper_datasets: Mapping[str, str | None]) -> pd.DataFrame:
+    """The published rows whose ``paper_dataset`` pattern matches a configured dataset's
+    ``paper_dataset`` (``paper_datasets``: our dataset name -> its declared paper dataset or None).
+
+    >>> pub = pd.DataFrame({"paper_dataset": ["mvtec_ad/*", "neu_cls"]})
+    >>> published_for(pub, {"bottle": "mvtec_ad/bottle", "mine": None})["paper_dataset"].tolist()
+    ['mvtec_ad/*']
+    """
+    declared = pd.Series([v for v in paper_datasets.values() if v], dtype=object)
+    keep = published["paper_dataset"].map(lambda pattern: bool(_dataset_matches(declared, pattern).any()))
+    return published[keep.astype(bool)].reset_index(drop=True)
 
 
 def _filter_matches(ours: pd.DataFrame, column: str, wanted: str, table: str) -> pd.Series:
@@ -289,15 +306,19 @@ def _ours_summary(rows: pd.DataFrame, metric: str) -> dict[str, Any]:
     }
 
 
-def compare_published(published: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+def compare_published(
+    published: pd.DataFrame, tables: Mapping[str, pd.DataFrame], paper_datasets: Mapping[str, str | None]
+) -> pd.DataFrame:
     """Published numbers beside ours: one row per (published row, protocol of the matching runs).
 
-    Matching: our row's dataset matches the published ``dataset`` pattern and every non-empty
-    filter column (``FILTER_COLUMNS``) equals ours. ``delta = ours - published``.
+    Matching: the declared ``paper_dataset`` of our row's dataset (``paper_datasets``: name ->
+    paper dataset) matches the published ``paper_dataset`` pattern and every non-empty filter
+    column (``FILTER_COLUMNS``) equals ours. ``delta = ours - published``.
     """
     out: list[dict[str, Any]] = []
     for _, pub in published.iterrows():
-        base = {c: pub[c] for c in PUBLISHED_COLUMNS if c not in ("value", "differs")}
+        base = {c: pub[c] for c in PUBLISHED_COLUMNS if c not in ("value", "differs", "paper_dataset")}
+        base["dataset"] = pub["paper_dataset"]
         base["published"] = float(pub["value"])
         ours = tables.get(pub["table"])
         notes = [pub["differs"]] if pub["differs"] else []
@@ -307,23 +328,23 @@ def compare_published(published: pd.DataFrame, tables: Mapping[str, pd.DataFrame
         if ours is None or ours.empty:
             out.append(_no_value(base, notes + ["no run of this configuration"]))
             continue
-        mask = _dataset_matches(ours["dataset"], pub["dataset"])
+        mask = _dataset_matches(ours["dataset"].map(lambda n: paper_datasets.get(n)), pub["paper_dataset"])
         for col in FILTER_COLUMNS:
             if pub[col]:
                 mask &= _filter_matches(ours, col, pub[col], pub["table"])
         matched = ours[mask]
         if matched.empty:
             wanted = ", ".join(f"{c}={pub[c]}" for c in FILTER_COLUMNS if pub[c])
-            out.append(_no_value(base, notes + [f"no run on {pub['dataset']}" + (f" with {wanted}" if wanted else "")]))
+            out.append(_no_value(base, notes + [f"no run on {pub['paper_dataset']}" + (f" with {wanted}" if wanted else "")]))
             continue
         if pub["metric"] not in matched.columns or matched[pub["metric"]].isna().all():
             out.append(_no_value(base, notes + [f"our runs do not report {pub['metric']}"]))
             continue
         for protocol, group in matched.groupby("protocol", dropna=False, sort=True):
             summary = _ours_summary(group, pub["metric"])
-            row_notes = list(notes)
-            n_pattern = len([p for p in pub["dataset"].split("|") if p.strip()])
-            if "*" in pub["dataset"] or n_pattern > 1:
+            row_notes = list(notes) + [f"ours: {', '.join(sorted(group['dataset'].dropna().unique()))}"]
+            n_pattern = len([p for p in pub["paper_dataset"].split("|") if p.strip()])
+            if "*" in pub["paper_dataset"] or n_pattern > 1:
                 row_notes.append(f"ours: unweighted mean over {summary['n_datasets']} matching dataset(s)")
             if summary["n_seeds"] < 3:
                 row_notes.append(f"ours: {summary['n_seeds']} seed(s)")
@@ -514,17 +535,26 @@ def regenerate_markdown(tables_dir: str | Path) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------- entry point
+def comparison_csvs(csvs: Iterable[str | Path], paper_datasets: Mapping[str, str | None]) -> list[Path]:
+    """The published CSVs with at least one row for a configured dataset (their comparison tables
+    are the ones :func:`write_tables` writes; the aggregate rule declares exactly these)."""
+    return [Path(c) for c in sorted(csvs) if not published_for(load_published(c), paper_datasets).empty]
+
+
 def write_tables(
     metrics_paths: Iterable[str | Path],
     out_dir: str | Path,
     published: str | Path | Iterable[str | Path] | None = None,
     root: str | Path | None = None,
+    paper_datasets: Mapping[str, str | None] | None = None,
 ) -> dict[str, Path]:
-    """Build and write the four stage tables, one comparison per published CSV, and their Markdown.
+    """Build and write the four stage tables, one comparison per published CSV that has rows for a
+    configured dataset (:func:`published_for`), and their Markdown.
 
-    ``published``: a directory of published-number CSVs or a list of CSV files. Returns name ->
-    Parquet path. Stage tables are always written (empty with the schema columns when no job of
-    the stage ran).
+    ``published``: a directory of published-number CSVs or a list of CSV files;
+    ``paper_datasets``: our dataset name -> its declared ``paper_dataset`` (None: no comparisons).
+    Returns name -> Parquet path. Stage tables are always written (empty with the schema columns
+    when no job of the stage ran).
     """
     out_dir = Path(out_dir)
     tables = build_tables(metrics_paths, root=root)
@@ -541,7 +571,11 @@ def write_tables(
         if not csvs:
             log.warning("no published-number CSVs given: no comparison tables")
         for csv in csvs:
-            comp = compare_published(load_published(csv), tables)
+            rows = published_for(load_published(csv), paper_datasets or {})
+            if rows.empty:
+                log.info("%s: no row for a configured dataset's paper_dataset: no comparison table", csv.name)
+                continue
+            comp = compare_published(rows, tables, paper_datasets or {})
             name = f"comparison_{csv.stem}"
             write_parquet(out_dir / f"{name}.parquet", comp)
             written[name] = out_dir / f"{name}.parquet"

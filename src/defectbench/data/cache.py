@@ -1,8 +1,10 @@
 """Decode once: every manifest image decoded, resized and stored as one uint8 array.
 
 ``cache-{size}.npy`` is (N, S, S, 3) uint8 in manifest row order (grey and 1-bit images expanded
-to 3 channels; PIL bilinear resize, which low-pass filters when shrinking); ``masks-{size}.npy``
-is (N, S, S) uint8 in {0, 1} (nearest-neighbour resize; all zero where a row has no mask).
+to 3 channels; deep greyscale scaled by the manifest's ``pixel_scale``, transparency flattened,
+squares made by the dataset's resize policy: :mod:`defectbench.data.pixels`; PIL bilinear resize,
+which low-pass filters when shrinking); ``masks-{size}.npy`` is (N, S, S) uint8 in {0, 1} (the
+same geometry, nearest-neighbour; all zero where a row has no mask).
 Training reads them with ``np.load(mmap_mode='r')`` (:func:`load_cache`) and never decodes a
 JPEG/PNG again.
 
@@ -17,51 +19,65 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from defectbench.data.pixels import PixelError, fit_square, is_deep, pixel_scale_of, to_pixels
 from defectbench.data.sources import resolve_path
 from defectbench.runtime import DefectbenchError, atomic_path
 
 log = logging.getLogger("defectbench")
 
 
-def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: decode, convert to RGB, bilinear (antialiased) resize.
+def decode_image(
+    path: str | os.PathLike,
+    size: int,
+    pixel_scale: str | None = None,
+    *,
+    background: int | Sequence[int] | None = None,
+    resize: str = "squash",
+    resize_to: int | None = None,
+) -> np.ndarray:
+    """(size, size, 3) uint8: decode, scale to 0..255 by ``pixel_scale`` (None: the file's own
+    depth, ``bit_depth: auto``), flatten transparency on ``background``, map to a square by the
+    resize policy (bilinear, antialiased), grey to 3 channels.
 
-    For JPEG, PIL's ``draft`` lets libjpeg decode directly at a reduced scale (never below
-    ``size``), which is much faster for large images and equivalent to area averaging.
+    For JPEG, PIL's ``draft`` lets libjpeg decode directly at a reduced scale (never below the
+    resize size), which is much faster for large images and equivalent to area averaging.
     """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             if im.format == "JPEG":
-                im.draft(im.mode, (size, size))
-            # Grey (incl. 1-bit and 16-bit) stays one channel through the resize (3x cheaper)
-            # and is repeated to 3 channels at the end; palette/CMYK/alpha images become RGB.
-            im = im.convert("L") if im.mode in ("1", "L", "I", "I;16", "F") else im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+                target = int(resize_to or size)
+                im.draft(im.mode, (target, target))
+            scale = pixel_scale or pixel_scale_of(im, "auto")
+            im = fit_square(to_pixels(im, scale, background), size, resize, resize_to)
+            arr = np.asarray(im)
+        if arr.dtype != np.uint8:  # deep greyscale stays float through the resize; round once here
+            arr = np.rint(np.clip(arr, 0, 255)).astype(np.uint8)  # clip guards float rounding only
         return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
+    except PixelError as exc:
+        raise DefectbenchError(f"{path}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DefectbenchError(f"{path}: cannot decode image ({exc}); rebuild the manifest (the file changed or is corrupt)") from None
 
 
-def decode_mask(path: str | os.PathLike | None, size: int) -> np.ndarray:
-    """(size, size) uint8 in {0, 1}: nearest-neighbour resize, any non-zero pixel is defect."""
+def decode_mask(path: str | os.PathLike | None, size: int, *, resize: str = "squash", resize_to: int | None = None) -> np.ndarray:
+    """(size, size) uint8 in {0, 1}: the image's geometry with nearest-neighbour resampling; any
+    non-zero pixel is defect (padding is nominal)."""
     if path is None:
         return np.zeros((size, size), dtype=np.uint8)
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.NEAREST)
-            return (np.asarray(im) > 0).astype(np.uint8)
+            values = np.asarray(im) if is_deep(im) else np.asarray(im.convert("L"))
+            binary = Image.fromarray((values > 0).astype(np.uint8))
+            return np.asarray(fit_square(binary, size, resize, resize_to, nearest=True)).astype(np.uint8)
     except (OSError, SyntaxError, ValueError) as exc:
         raise DefectbenchError(f"{path}: cannot decode mask ({exc}); rebuild the manifest") from None
 
@@ -72,12 +88,15 @@ def build_cache(
     images_out: str | os.PathLike,
     masks_out: str | os.PathLike,
     *,
+    dataset_cfg: dict[str, Any] | None = None,
     workers: int = 2,
     project_root: str | os.PathLike | None = None,
     chunk: int = 256,
 ) -> tuple[int, float]:
     """Write ``cache-{size}.npy`` and ``masks-{size}.npy`` for every manifest row.
 
+    Pixel values follow the manifest's per-row ``pixel_scale``; ``dataset_cfg`` gives
+    ``alpha_background``, ``resize`` and ``resize_to`` (:mod:`defectbench.data.pixels`).
     Returns (rows, seconds). Relative manifest paths resolve against ``project_root`` (default:
     the working directory).
     """
@@ -87,6 +106,12 @@ def build_cache(
         manifest = read_manifest(manifest)
     if size < 1:
         raise DefectbenchError(f"image_size {size}: must be a positive integer")
+    cfg = dataset_cfg or {}
+    geometry = {"resize": cfg.get("resize", "squash"), "resize_to": cfg.get("resize_to")}
+    if geometry["resize_to"] is not None and geometry["resize_to"] < size:
+        raise DefectbenchError(f"config key resize_to: {geometry['resize_to']} is smaller than the {size} px cache; set it >= {size} or null")
+    background = cfg.get("alpha_background")
+    scales = manifest["pixel_scale"].tolist() if "pixel_scale" in manifest.columns else [None] * len(manifest)
     root = Path(project_root or Path.cwd())
     paths = [resolve_path(p, root) for p in manifest["path"]]
     masks = [None if (m is None or (isinstance(m, float) and np.isnan(m))) else resolve_path(m, root) for m in manifest["mask_path"]]
@@ -99,8 +124,9 @@ def build_cache(
         with ThreadPoolExecutor(max(1, workers)) as pool:
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
-                images[lo:hi] = np.stack(list(pool.map(lambda p: decode_image(p, size), paths[lo:hi])))
-                mask_arr[lo:hi] = np.stack(list(pool.map(lambda p: decode_mask(p, size), masks[lo:hi])))
+                images[lo:hi] = np.stack(list(pool.map(
+                    lambda i: decode_image(paths[i], size, scales[i], background=background, **geometry), range(lo, hi))))
+                mask_arr[lo:hi] = np.stack(list(pool.map(lambda p: decode_mask(p, size, **geometry), masks[lo:hi])))
                 if time.monotonic() >= next_log or hi == n:
                     log.info("cache %dpx: %d/%d images (%.0f img/s)", size, hi, n, hi / max(time.perf_counter() - start, 1e-9))
                     next_log = time.monotonic() + 5.0

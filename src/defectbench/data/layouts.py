@@ -14,9 +14,15 @@ Label ids per layout (nominal class first where the data has one):
 * ``elpv``: ``prob_0`` (nominal), ``prob_33``, ``prob_67``, ``prob_100`` from the defect
   probabilities 0, 1/3, 2/3, 1; ``group`` = mono/poly.
 * ``mvtec`` / ``visa``: ``good`` = 0, then the defect types in sorted order (VisA types from the
-  category's ``image_anno.csv``; ``anomaly`` when that file is absent).
+  category's ``image_anno.csv``; ``anomaly`` when that file is absent). ``mvtec`` without a
+  ``ground_truth/`` folder: no masks.
+* ``csv``: a folder plus a labels CSV (image,label[,mask][,split]); classes in ``classes`` order,
+  else the ``nominal_classes`` first, then sorted.
+* ``yolo``: YOLO segmentation polygons filled into masks; ``good`` (no polygon) = 0, then the
+  YOLO class names that occur, in class-id order.
 
-``source_split`` is the dataset's own train/test assignment (mvtec, visa, deeppcb) or None.
+``source_split`` is the dataset's own train/test assignment (mvtec, visa, deeppcb; csv ``split``
+column; yolo split folders) or None.
 """
 
 from __future__ import annotations
@@ -54,6 +60,17 @@ class Item:
 
 
 Scan = tuple[list[Item], list[str]]
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap the complete directory ``tmp`` in as ``final`` (the old one is removed afterwards)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -153,7 +170,12 @@ def scan_elpv(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) 
 
 # ----------------------------------------------------------------------------- MVTec AD
 def scan_mvtec(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) -> Scan:
-    """``<category>/train/good``, ``test/<type>``, ``ground_truth/<type>/<stem>_mask.png``."""
+    """``<category>/train/good``, ``test/<type>``, ``ground_truth/<type>/<stem>_mask.png``.
+
+    Without a ``ground_truth/`` folder the data has no masks: images are labelled from their
+    folders and pixel metrics are simply absent downstream. With one, every defect image needs
+    its mask (a missing one is an error, not a silent hole in the pixel metrics).
+    """
     category = cfg.get("category")
     if category and (root / category).is_dir():
         base = root / category
@@ -171,14 +193,17 @@ def scan_mvtec(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None)
             raise DefectbenchError(f"{folder}: unknown class folder in train/ (MVTec train holds only 'good'); remove it")
         items += [Item(p, "good", False, source_split="train") for p in _images_in(folder)]
     types = []
+    has_masks = (base / "ground_truth").is_dir()
+    if not has_masks:
+        log.info("%s: no ground_truth/ folder: image labels only (no pixel metrics)", base)
     for folder in _visible_dirs(base / "test"):
         defect = folder.name
         for img in _images_in(folder):
             if defect == "good":
                 items.append(Item(img, "good", False, source_split="test"))
                 continue
-            mask = base / "ground_truth" / defect / f"{img.stem}_mask.png"
-            if not mask.is_file():
+            mask = base / "ground_truth" / defect / f"{img.stem}_mask.png" if has_masks else None
+            if mask is not None and not mask.is_file():
                 raise DefectbenchError(f"{img}: image without its mask {mask}; restore the mask or remove the image")
             items.append(Item(img, defect, True, mask, source_split="test"))
         if defect != "good":
@@ -313,19 +338,171 @@ def scan_deeppcb(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = Non
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             items = [it for chunk in pool.map(crop_pair, pairs) for it in chunk]
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=".crops.old-", dir=dataset_dir))
-            os.replace(final, old / "crops")
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("deeppcb: %d crops from %d images (padding %d px) in %s", len(items), len(pairs), pad, final)
     classes = list(DEEPPCB_CLASSES) + (["good"] if templates else [])
     return items, classes
+
+
+
+# ----------------------------------------------------------------------------- CSV of labels
+def _ordered_classes(found: set[str], cfg: dict[str, Any], where: Path) -> list[str]:
+    """``classes`` when configured (every found label must be in it), else nominal classes first, then sorted."""
+    expected = cfg.get("classes")
+    if expected:
+        unknown = sorted(found - set(expected))
+        if unknown:
+            raise DefectbenchError(f"{where}: label {unknown[0]!r} is not in the dataset's `classes` {expected}; add it or fix the labels")
+        return list(expected)
+    nominal = [c for c in cfg.get("nominal_classes") or [] if c in found]
+    return nominal + sorted(found - set(nominal))
+
+
+def scan_csv(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) -> Scan:
+    """A folder of images plus a CSV (``labels_file``, default ``labels.csv`` in the root) with
+    columns ``image`` (path relative to the root) and ``label`` (class name), optionally ``mask``
+    (path of a defect mask, empty for none) and ``split`` (the data's own train/test).
+
+    Classes named in ``nominal_classes`` are defect-free; images the CSV does not list are an
+    error (a forgotten label would silently shrink the data).
+    """
+    labels = _require_file(root / cfg.get("labels_file", "labels.csv"), "labels CSV (config key labels_file)")
+    with open(labels, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"image", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DefectbenchError(f"{labels}: missing column(s) {sorted(missing)}; the CSV needs image,label[,mask][,split]")
+        rows = list(reader)
+    nominal = set(cfg.get("nominal_classes") or [])
+    items, listed = [], set()
+    for lineno, row in enumerate(rows, 2):
+        rel, label = (row.get("image") or "").strip(), (row.get("label") or "").strip()
+        if not rel or not label:
+            raise DefectbenchError(f"{labels}:{lineno}: empty image or label; every row needs both")
+        img = root / rel
+        if not img.is_file():
+            raise DefectbenchError(f"{labels}:{lineno}: image {rel!r} not found under {root}; fix the path or remove the row")
+        mask_rel = (row.get("mask") or "").strip()
+        mask = root / mask_rel if mask_rel else None
+        if mask is not None and not mask.is_file():
+            raise DefectbenchError(f"{labels}:{lineno}: mask {mask_rel!r} not found under {root}; fix the path or leave it empty")
+        split = (row.get("split") or "").strip() or None
+        if split not in (None, "train", "test"):
+            raise DefectbenchError(f"{labels}:{lineno}: split {split!r} is not train or test")
+        listed.add(img.resolve())
+        items.append(Item(img, label, label not in nominal, mask, source_split=split))
+    if not items:
+        raise DefectbenchError(f"{labels}: no rows; list one image per row (image,label)")
+    masks = {i.mask_path.resolve() for i in items if i.mask_path is not None}
+    unlisted = [p for p in _images_in(root) if p.resolve() not in listed and p.resolve() not in masks]
+    if unlisted:
+        raise DefectbenchError(f"{unlisted[0]}: image not listed in {labels.name} ({len(unlisted)} such); add rows for them or move them out of the folder")
+    found = {i.class_name for i in items}
+    bad = nominal - found
+    if bad:
+        raise DefectbenchError(f"config key nominal_classes: {sorted(bad)} are not labels in {labels}")
+    return items, _ordered_classes(found, cfg, labels)
+
+
+# ----------------------------------------------------------------------------- YOLO polygons
+def _yolo_names(root: Path, cfg: dict[str, Any]) -> list[str]:
+    """Class names by YOLO class id: the dataset's ``classes``, else ``names`` of ``data.yaml``."""
+    if cfg.get("classes"):
+        return list(cfg["classes"])
+    for name in ("data.yaml", "dataset.yaml"):
+        if (root / name).is_file():
+            import yaml
+
+            names = (yaml.safe_load((root / name).read_text()) or {}).get("names")
+            if isinstance(names, dict):
+                return [str(names[k]) for k in sorted(names)]
+            if isinstance(names, list):
+                return [str(n) for n in names]
+    raise DefectbenchError(f"{root}: no class names; set the dataset's `classes` (YOLO class id order) or add data.yaml with `names`")
+
+
+def _yolo_polygons(label: Path, n_classes: int) -> list[tuple[int, list[float]]]:
+    """(class id, [x1, y1, x2, y2, ...] normalised) for each line of a YOLO segmentation label file."""
+    polygons = []
+    for lineno, line in enumerate(label.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            cls, coords = int(parts[0]), [float(v) for v in parts[1:]]
+        except ValueError:
+            raise DefectbenchError(f"{label}:{lineno}: expected 'class x1 y1 x2 y2 ...' (YOLO segmentation); the file is damaged") from None
+        if len(coords) < 6 or len(coords) % 2:
+            raise DefectbenchError(f"{label}:{lineno}: a polygon needs at least 3 x y pairs (YOLO segmentation; boxes are not masks)")
+        if not 0 <= cls < n_classes:
+            raise DefectbenchError(f"{label}:{lineno}: class id {cls} outside 0..{n_classes - 1} of the class names")
+        if any(v < 0 or v > 1 for v in coords):
+            raise DefectbenchError(f"{label}:{lineno}: coordinates must be normalised to [0, 1]")
+        polygons.append((cls, coords))
+    return polygons
+
+
+def _polygon_area(coords: list[float]) -> float:
+    xs, ys = coords[0::2], coords[1::2]
+    return abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
+
+
+def scan_yolo(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) -> Scan:
+    """YOLO segmentation data: ``images/[<split>/]<stem>.<ext>`` with ``labels/[<split>/]<stem>.txt``
+    (``class x1 y1 ...``, normalised polygon vertices).
+
+    Each image's polygons are filled into a 0/255 mask PNG under ``<dataset_dir>/masks/`` (rebuilt
+    atomically on every manifest build). An image without polygons (no or empty label file) is
+    nominal ``good``; otherwise it is anomalous with the class of its largest polygon. Split
+    folders ``train`` and ``val``/``valid``/``test`` become the source split train / test.
+    """
+    from PIL import Image, ImageDraw
+
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise DefectbenchError(f"{images_dir}: not found; layout yolo reads images/ and labels/ (is source.root right?)")
+    if dataset_dir is None:
+        raise DefectbenchError("layout yolo needs the dataset directory to write its masks")
+    names = _yolo_names(root, cfg)
+    if "good" in names:
+        raise DefectbenchError("config key classes: 'good' is the name of images without polygons; rename that YOLO class")
+    images = _images_in(images_dir)
+    if not images:
+        raise DefectbenchError(f"{images_dir}: no images")
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".masks.partial-", dir=dataset_dir))
+    final = dataset_dir / "masks"
+    splits = {"train": "train", "val": "test", "valid": "test", "test": "test"}
+    items = []
+    try:
+        for img in images:
+            rel = img.relative_to(images_dir)
+            label = (root / "labels" / rel).with_suffix(".txt")
+            polygons = _yolo_polygons(label, len(names)) if label.is_file() else []
+            split = splits.get(rel.parts[0]) if len(rel.parts) > 1 else None
+            if not polygons:
+                items.append(Item(img, "good", False, source_split=split))
+                continue
+            with Image.open(img) as im:
+                w, h = im.size
+            mask = Image.new("L", (w, h), 0)
+            draw = ImageDraw.Draw(mask)
+            for _, coords in polygons:
+                draw.polygon([(x * w, y * h) for x, y in zip(coords[0::2], coords[1::2])], fill=255)
+            name = "__".join(rel.with_suffix("").parts) + ".png"
+            mask.save(tmp / name)
+            cls = max(polygons, key=lambda p: _polygon_area(p[1]))[0]
+            items.append(Item(img, names[cls], True, final / name, source_split=split))
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    found = {i.class_name for i in items}
+    log.info("yolo: %d images, %d with polygons (masks in %s)", len(items), sum(i.is_anomalous for i in items), final)
+    return items, ["good"] * ("good" in found) + [n for n in names if n in found]
 
 
 LAYOUTS: dict[str, Callable[..., Scan]] = {
@@ -335,6 +512,8 @@ LAYOUTS: dict[str, Callable[..., Scan]] = {
     "elpv": scan_elpv,
     "mvtec": scan_mvtec,
     "visa": scan_visa,
+    "csv": scan_csv,
+    "yolo": scan_yolo,
 }
 
 

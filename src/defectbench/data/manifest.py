@@ -2,11 +2,14 @@
 
 Columns (docs/CONTRACTS.md): ``path`` (relative to the project root when under it), ``label``,
 ``class_name``, ``is_anomalous``, ``mask_path``, ``width``, ``height``, ``sha256`` (of the file's
-bytes), ``group``, plus ``source_split`` (the dataset's own train/test, or None). Row order is
+bytes), ``group``, ``source_split`` (the dataset's own train/test, or None) and ``pixel_scale``
+(how the cache maps the image's values to 0..255 under the dataset's ``bit_depth``:
+:mod:`defectbench.data.pixels`). Row order is
 sorted by path and is the row order of the decode-once cache.
 
-Building the manifest decodes every image (and mask) once, so a corrupt or truncated file stops
-the pipeline here with a one-line error instead of in the middle of training.
+Building the manifest decodes every image (and mask) once, so corrupt, truncated, empty or
+mask-mismatched files stop the pipeline here, all listed in one error (nothing written), instead
+of in the middle of training.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from defectbench.data.layouts import Item, scan_layout
+from defectbench.data.pixels import PixelError, has_transparency, pixel_scale_of
 from defectbench.data.sources import project_relative, resolve_path
 from defectbench.runtime import DefectbenchError, write_parquet
 
@@ -31,7 +35,10 @@ log = logging.getLogger("defectbench")
 
 MANIFEST_COLUMNS = [
     "path", "label", "class_name", "is_anomalous", "mask_path", "width", "height", "sha256", "group", "source_split",
+    "pixel_scale",
 ]
+#: Bad files named one per line in the manifest error; the rest are counted.
+MAX_LISTED_PROBLEMS = 20
 #: Seed of the ``max_per_class`` subsample. Fixed (not the experiment seed): the manifest is
 #: shared by every seed, so every seed sees the same images and differs only in its split.
 SUBSAMPLE_SEED = 0
@@ -70,10 +77,13 @@ def subsample_per_class(items: list[Item], max_per_class: int | None, seed: int 
     return [item for i, item in enumerate(items) if i in keep]
 
 
-def inspect_image(path: Path) -> tuple[str, int, int]:
-    """(sha256 of the bytes, width, height), after decoding the whole image.
+def inspect_image(path: Path, bit_depth: str | int | None = "auto", background: Any = None) -> tuple[str, int, int, str | None]:
+    """(sha256 of the bytes, width, height, pixel_scale), after decoding the whole image.
 
-    PIL's ``load()`` decodes every pixel, so truncated or corrupt files raise here.
+    PIL's ``load()`` decodes every pixel, so truncated or corrupt files raise here, as do images
+    the dataset's ``bit_depth`` / ``alpha_background`` cannot map to 0..255
+    (:mod:`defectbench.data.pixels`). ``bit_depth=None`` (masks: any non-zero pixel is defect)
+    skips the pixel-value checks and gives no pixel_scale.
     """
     from PIL import Image
 
@@ -81,38 +91,74 @@ def inspect_image(path: Path) -> tuple[str, int, int]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DefectbenchError(f"{path}: image file not found; fetch the dataset again") from None
+    if not data:
+        raise DefectbenchError(f"{path}: empty file (0 bytes); replace or remove it")
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             w, h = im.size
+            scale = None if bit_depth is None else pixel_scale_of(im, bit_depth)
+            if scale is not None and background is None and has_transparency(im):
+                raise PixelError("image has transparent pixels; set the dataset's alpha_background (grey 0-255 or [r, g, b]) to flatten it")
+    except PixelError as exc:
+        raise DefectbenchError(f"{path}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DefectbenchError(f"{path}: cannot decode image ({exc}); the file is corrupt, replace or remove it") from None
-    return hashlib.sha256(data).hexdigest(), w, h
+    return hashlib.sha256(data).hexdigest(), w, h, scale
 
 
-def _inspect_item(item: Item) -> tuple[str, int, int]:
-    sha, w, h = inspect_image(item.path)
-    if item.mask_path is not None:
-        _, mw, mh = inspect_image(item.mask_path)
-        if (mw, mh) != (w, h):
-            raise DefectbenchError(f"{item.mask_path}: mask is {mw}x{mh} but its image {item.path.name} is {w}x{h}; fix the mask")
-    return sha, w, h
+def _inspect_item(item: Item, bit_depth: str | int, background: Any) -> tuple[str, int, int, str] | str:
+    """The item's inspection result, or the one-line reason it is bad (collected, not raised)."""
+    try:
+        sha, w, h, scale = inspect_image(item.path, bit_depth, background)
+        if item.mask_path is not None:
+            _, mw, mh, _ = inspect_image(item.mask_path, bit_depth=None)
+            if (mw, mh) != (w, h):
+                return f"{item.mask_path}: mask is {mw}x{mh} but its image {item.path.name} is {w}x{h}; fix the mask"
+    except DefectbenchError as exc:
+        return str(exc)
+    return sha, w, h, scale
+
+
+def bad_files_error(problems: list[str], shown: int = MAX_LISTED_PROBLEMS) -> DefectbenchError:
+    """One error for every bad file: a single problem is its own one-line message; several are a
+    heading line plus the first ``shown`` problems (one line each) and how many more there are."""
+    if len(problems) == 1:
+        return DefectbenchError(problems[0])
+    lines = [f"{len(problems)} bad image files; fix or remove them, then rerun (nothing was written):"]
+    lines += [f"  {p}" for p in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"  ... and {len(problems) - shown} more")
+    return DefectbenchError("\n".join(lines))
 
 
 def manifest_frame(
-    items: list[Item], classes: list[str], *, workers: int = 2, project_root: str | os.PathLike | None = None
+    items: list[Item],
+    classes: list[str],
+    *,
+    workers: int = 2,
+    project_root: str | os.PathLike | None = None,
+    bit_depth: str | int = "auto",
+    background: Any = None,
 ) -> pd.DataFrame:
-    """Decode-check and hash ``items`` (in a thread pool) into the manifest DataFrame."""
+    """Decode-check and hash ``items`` (in a thread pool) into the manifest DataFrame.
+
+    Every file is checked before any error is raised, so one run lists every undecodable, empty or
+    mask-mismatched file (:func:`bad_files_error`).
+    """
     label_of = {name: i for i, name in enumerate(classes)}
     items = sorted(items, key=lambda it: it.path.as_posix())
     n = len(items)
-    results: list[tuple[str, int, int]] = []
+    results: list[tuple[str, int, int, str] | str] = []
     step = max(1, n // 10)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, res in enumerate(pool.map(_inspect_item, items), 1):
+        for i, res in enumerate(pool.map(lambda it: _inspect_item(it, bit_depth, background), items), 1):
             results.append(res)
             if i % step == 0 or i == n:
                 log.info("manifest: verified %d/%d images", i, n)
+    problems = [r for r in results if isinstance(r, str)]
+    if problems:
+        raise bad_files_error(problems)
     df = pd.DataFrame(
         {
             "path": [project_relative(it.path, project_root) for it in items],
@@ -125,6 +171,7 @@ def manifest_frame(
             "sha256": [r[0] for r in results],
             "group": [it.group for it in items],
             "source_split": [it.source_split for it in items],
+            "pixel_scale": [r[3] for r in results],
         },
         columns=MANIFEST_COLUMNS,
     )
@@ -149,7 +196,8 @@ def build_manifest(
     items, classes = scan_layout(layout, root, dataset_cfg, Path(marker).parent, workers=workers)
     log.info("%s: layout %s found %d images in %d classes", record.get("dataset", "?"), layout, len(items), len(classes))
     items = subsample_per_class(sorted(items, key=lambda it: it.path.as_posix()), dataset_cfg.get("max_per_class"))
-    df = manifest_frame(items, classes, workers=workers, project_root=project_root)
+    df = manifest_frame(items, classes, workers=workers, project_root=project_root,
+                        bit_depth=dataset_cfg.get("bit_depth", "auto"), background=dataset_cfg.get("alpha_background"))
     counts = df.groupby("class_name", sort=False).size().to_dict()
     log.info("manifest: %d rows; per class %s", len(df), counts)
     write_parquet(out_path, df)
