@@ -70,7 +70,7 @@ def test_paper_datasets_match_the_data_configs(name):
     paper = {k: v for k, v in _load(PAPER)["datasets"].items() if k.startswith(f"{name}_")}
     assert set(paper) == set(reference)
     for key, entry in paper.items():
-        for field in ("source", "layout", "category", "image_size"):
+        for field in ("source", "layout", "category", "image_size", "paper_dataset", "resize", "resize_to"):
             assert entry[field] == reference[key][field], (key, field)
 
 
@@ -93,7 +93,8 @@ def test_paper_dry_run_builds_quickly(tmp_path):
     assert counts["score_anomaly"] == n_anomaly * 4  # x scorers
     assert counts["patchcore"] == n_anomaly and counts["ddad"] == n_anomaly
     assert counts["cluster"] == 15 * 3  # MVTec categories x seeds (one job writes every weighting)
-    assert counts["build_cache"] == 2 + 27  # one cache size per dataset (PatchCore shares DDAD's)
+    # classification datasets: one size; MVTec/VisA: DDAD's 256 px and PatchCore's 224 px centre crop
+    assert counts["build_cache"] == 2 + 27 * 2
     assert counts["diffusion_views"] == 2 * 3  # DiffCL: classification datasets x seeds
     print(f"paper grid: {total} jobs, DAG built in {elapsed:.1f} s")
     assert elapsed < 120, f"dry run of the paper grid took {elapsed:.0f} s"
