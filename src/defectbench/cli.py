@@ -1,9 +1,10 @@
-"""``defectbench`` command: compare runs, rebuild tables, validate a config.
+"""``defectbench`` command: compare runs, rebuild tables, validate a config, start a config for your data.
 
     defectbench compare --stage classification --dataset neu          # from results/tables
     defectbench compare --source mlflow --stage anomaly --metric image_auroc
     defectbench tables                                                # rebuild results/tables
     defectbench validate-config config/paper.yaml
+    defectbench new-dataset path/to/my-images --out config/my-images.yaml   # bring your own data
 """
 
 from __future__ import annotations
@@ -144,6 +145,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_new_dataset(args: argparse.Namespace) -> int:
+    from defectbench.data.inspect import dataset_entry, render_entry
+    from defectbench.runtime import atomic_path
+
+    name, entry, comments = dataset_entry(args.folder, name=args.name, image_size=args.image_size, category=args.category)
+    text = render_entry(name, entry, comments)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    if out.exists():
+        raise DefectbenchError(f"{out}: already exists; pick another --out or delete it")
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    print(f"{out}: dataset {name!r} ({entry['layout']}); run it with `snakemake --cores all --configfile {out}`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="defectbench", description="defectbench: industrial-defect learning benchmark tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config whose dataset entries declare paper_dataset (which published numbers to compare with)")
     tab.add_argument("--markdown-only", action="store_true", help="only regenerate the *.md files from the Parquet tables")
     tab.set_defaults(func=_cmd_tables)
+
+    new = sub.add_parser("new-dataset", help="inspect a folder of your images and write a config for it",
+                         description="Recognise MVTec-style folders (with or without ground_truth/), YOLO "
+                                     "segmentation labels, a folder plus a CSV of labels, or one folder per class, "
+                                     "and write a checked config (README: Bring your own dataset).")
+    new.add_argument("folder", help="the dataset folder")
+    new.add_argument("--name", help="dataset name (default: from the folder name)")
+    new.add_argument("--image-size", type=int, default=64, help="cache size in pixels (default 64)")
+    new.add_argument("--category", help="MVTec-style: which category folder, when there are several")
+    new.add_argument("--out", help="write the config here (default: print it)")
+    new.set_defaults(func=_cmd_new_dataset)
 
     val = sub.add_parser("validate-config", help="validate a config file against config/schema.yaml")
     val.add_argument("file", help="YAML config file")
