@@ -66,12 +66,8 @@ def test_demo_covers_every_stage(demo):
 
 def test_comparison_tables_and_markdown(demo):
     tables = demo / "results" / "tables"
-    comparisons = sorted(tables.glob("comparison_*.parquet"))
-    assert comparisons
-    for path in comparisons:
-        df = pd.read_parquet(path)
-        assert {"published", "ours", "delta"} <= set(df.columns), path.name
-        assert (tables / f"{path.stem}.md").exists()
+    # the demo's ELPV entry declares no paper_dataset: no published numbers, so no comparison tables
+    assert sorted(tables.glob("comparison_*")) == []
 
 
 def test_mlflow_store_has_one_run_per_job(demo):
