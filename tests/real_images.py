@@ -40,24 +40,29 @@ def real_files(name: str, per_folder: int) -> dict[str, bytes]:
     """``relative path -> bytes`` of the first ``per_folder`` images of every folder of dataset
     ``name`` (magnetic tile: each .jpg with its .png mask), paths relative to the dataset root."""
     sample = SAMPLE / name
+    archive = ARCHIVES / f"{name}.tar.gz"
     if sample.is_dir():
-        files = {p.relative_to(sample).as_posix(): p for p in sample.rglob("*") if p.is_file()}
-        read = lambda key: files[key].read_bytes()  # noqa: E731
-    elif (ARCHIVES / f"{name}.tar.gz").is_file():
-        tar = tarfile.open(ARCHIVES / f"{name}.tar.gz")
-        members = {m.name.split("/", 1)[1]: m for m in tar.getmembers() if m.isfile() and "/" in m.name}
-        files = members
-        read = lambda key: tar.extractfile(members[key]).read()  # noqa: E731
+        names = [p.relative_to(sample).as_posix() for p in sample.rglob("*") if p.is_file()]
+    elif archive.is_file():
+        with tarfile.open(archive) as tar:
+            names = [m.name.split("/", 1)[1] for m in tar if m.isfile() and "/" in m.name]
     else:
-        reason = f"no real images: neither {sample} nor {ARCHIVES / (name + '.tar.gz')} exists"
+        reason = f"no real images: neither {sample} nor {archive} exists"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    jpgs = [k for k in files if k.endswith(".jpg")]
-    chosen = _first_per_folder(jpgs, per_folder)
+    chosen = _first_per_folder([k for k in names if k.endswith(".jpg")], per_folder)
     if name == "magnetic-tile":
         chosen += [k[: -len(".jpg")] + ".png" for k in chosen]
-    return {key: read(key) for key in chosen}
+    if sample.is_dir():
+        return {key: (sample / key).read_bytes() for key in chosen}
+    wanted, out = set(chosen), {}
+    with tarfile.open(archive) as tar:  # one sequential pass: a .tar.gz cannot seek back cheaply
+        for member in tar:
+            key = member.name.split("/", 1)[-1]
+            if key in wanted:
+                out[key] = tar.extractfile(member).read()
+    return {key: out[key] for key in chosen}
 
 
 def real_grey(name: str, per_folder: int) -> dict[str, np.ndarray]:

@@ -221,6 +221,26 @@ def test_yolo_polygons_become_the_real_masks(shapes, tmp_path):
         assert iou > 0.6, (row["path"], iou)  # polygons traced at <= 64 vertices per region
 
 
+def test_yolo_bad_label_lines_name_file_and_line(shapes, tmp_path):
+    from defectbench.data.layouts import scan_yolo
+
+    root = tmp_path / "yolo"
+    for p in shapes["yolo"].rglob("*"):
+        if p.is_file():
+            write_files({p.relative_to(shapes["yolo"]).as_posix(): p.read_bytes()}, root)
+    label = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    original = label.read_text()
+    for bad, needle in (("5 0.1 0.1 0.2 0.1 0.2 0.2", "class id 5 outside 0..1"),
+                        ("0 0.1 0.1 0.2 0.2", "at least 3 x y pairs"),
+                        ("0 0.1 0.1 1.5 0.1 0.2 0.2", "normalised to [0, 1]")):
+        label.write_text(original + bad + "\n")
+        n = len(original.splitlines()) + 1
+        with pytest.raises(DefectbenchError, match=f"{label}:{n}: .*{needle.replace('[', '.').replace(']', '.')}"):
+            scan_yolo(root, {}, tmp_path / "ds")
+        assert not (tmp_path / "ds" / "masks").exists()  # no half-written mask folder
+        assert [p.name for p in (tmp_path / "ds").iterdir()] == []
+
+
 def test_csv_layout_refuses_unlisted_images_and_bad_columns(shapes, tmp_path):
     root = tmp_path / "flat"
     for p in shapes["csv"].rglob("*"):
