@@ -21,7 +21,7 @@ from defectbench.data.inspect import dataset_entry
 from defectbench.data.manifest import build_manifest
 from defectbench.data.splits import write_split
 from defectbench.runtime import DefectbenchError
-from real_images import real_files, real_grey, write_files
+from real_images import real_files, write_files
 from workflow_helpers import snakemake, working_copy
 
 SIZE = 32
