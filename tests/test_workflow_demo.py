@@ -1,4 +1,4 @@
-"""The embedded demo, run for real: all four tables, comparisons, MLflow store, figures, report.
+"""The embedded demo, run for real: all four tables, no comparisons (no paper_dataset), MLflow store, figures, report.
 
 One real `snakemake --cores 2` run of config/config.yaml (ELPV from its PyPI package, tiny sizes)
 in a temporary working copy; the tests below inspect what it wrote.

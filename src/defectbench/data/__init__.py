@@ -6,6 +6,9 @@ Public entry points (one per pipeline rule, plus readers used by every later sta
 * :func:`defectbench.data.manifest.build_manifest` / :func:`read_manifest` (rule ``build_manifest``)
 * :func:`defectbench.data.splits.write_split` / :func:`make_split` / :func:`labelled_subset` (rule ``make_split``)
 * :func:`defectbench.data.cache.build_cache` / :func:`load_cache` (rule ``build_cache``)
+
+Pixel rules (bit depth, transparency, resize policy) live in :mod:`defectbench.data.pixels`;
+:mod:`defectbench.data.inspect` recognises a user's folder for ``defectbench new-dataset``.
 """
 
 from defectbench.data.cache import build_cache, load_cache
