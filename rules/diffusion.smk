@@ -12,12 +12,21 @@ DDAD_DIR = "results/anomaly/ddad/{backbone}/{dataset}/seed{seed}"
 DIFFUSION_TRAIN_KEYS = [
     "epochs", "batch_size", "lr", "weight_decay", "ema_decay", "num_train_timesteps", "beta_start", "beta_end",
     "block_out_channels", "layers_per_block", "attention_levels", "resnet_updown", "checkpoint_every", "amp",
+    "converged_loss", "converged_mask_ratio",
 ]
+
+
+def _anomaly_masks(wildcards):
+    """The masks for the convergence report: only the anomaly task's model never saw a defect."""
+    if wildcards.task != "anomaly":
+        return {}
+    return {"masks": f"results/data/{wildcards.dataset}/masks-{image_size(wildcards.dataset)}.npy"}
 
 
 rule pretrain_diffusion:
     input:
         unpack(diffusion_data(None)),
+        unpack(_anomaly_masks),
     output:
         model=directory(f"{DIFFUSION_DIR}/model"),
         metrics=f"{DIFFUSION_DIR}/metrics.json",
@@ -63,6 +72,7 @@ rule ddad:
         unpack(diffusion_data("anomaly")),
         masks=lambda wildcards: f"results/data/{wildcards.dataset}/masks-{image_size(wildcards.dataset)}.npy",
         model="results/pretrain/diffusion/{dataset}/anomaly/seed{seed}/model",
+        diffusion_metrics="results/pretrain/diffusion/{dataset}/anomaly/seed{seed}/metrics.json",
     output:
         metrics=f"{DDAD_DIR}/metrics.json",
         scores=f"{DDAD_DIR}/scores.parquet",

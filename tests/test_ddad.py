@@ -8,7 +8,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import tarfile
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +20,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from defectbench.diffusion import ddad, ddpm
+sys.path.insert(0, str(Path(__file__).parent))
+from ddad_control_fixture import (  # noqa: E402
+    POSITIVE_CONTROL_DIFFUSION,
+    control_config,
+    nominal_image,
+    prepare_control,
+    run_control_ddad,
+    write_mvtec_control,
+)
+
+from defectbench import tables  # noqa: E402
+from defectbench.diffusion import ddad, ddpm  # noqa: E402
+from defectbench.models.backbones import FeatureExtractor  # noqa: E402
+from defectbench.runtime import DefectbenchError  # noqa: E402
 
 CPU = torch.device("cpu")
 TABLE = ddpm.alpha_bar_table(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
@@ -97,6 +113,51 @@ def test_domain_adaptation_loss_by_hand():
     assert float(loss) == pytest.approx(1.0 + 0.1 * (1 - 1 / math.sqrt(2)))
     two_layers = ddad.domain_adaptation_loss(rec * 2, target * 2, target_frozen * 2, rec_frozen * 2, lam=0.1)
     assert float(two_layers) == pytest.approx(2 * float(loss))  # summed over layers
+
+
+def _running_stats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running_" in k or "num_batches_tracked" in k}
+
+
+def test_frozen_norm_stats_survive_train_mode():
+    fe = FeatureExtractor("resnet18", ["layer1"], trainable=True, freeze_norm_stats=True).train()
+    norms = [m for m in fe.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    convs = [m for m in fe.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert norms and not any(m.training for m in norms) and all(m.training for m in convs)
+    before = _running_stats(fe)
+    fe(torch.randn(4, 3, 32, 32) * 3 + 1)
+    assert all(torch.equal(before[k], v) for k, v in _running_stats(fe).items())
+    free = FeatureExtractor("resnet18", ["layer1"], trainable=True).train()
+    assert all(m.training for m in free.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("da_bn", ["eval", "train"])
+def test_domain_adaptation_batchnorm_buffers(da_bn):
+    """da_bn eval: two epochs of adaptation (train_loop calls train() each epoch) change the weights
+    but leave every BatchNorm buffer as loaded; da_bn train (DDAD's code) re-estimates them."""
+    from defectbench.models.backbones import build_model
+
+    torch.manual_seed(0)
+    unet = ddpm.build_unet(32, [8, 16], 1, attention_levels=0).eval()
+    images = np.stack([nominal_image(np.random.default_rng(i), 32) for i in range(8)])
+    cfg = {"feature_backbone": "efficientnet_lite0", "pretrained": "package", "da_epochs": 2, "batch_size": 8,
+           "steps": 50, "skip": 25, "da_bn": da_bn}
+    loaded = build_model("efficientnet_lite0", "package")
+    fe, history = ddad.adapt_feature_extractor(unet, TABLE, images, cfg, seed=0, device=CPU,
+                                               checkpoint_path=Path(tempfile.mkdtemp()) / "ckpt.pt")
+    assert len(history) == 2 and not fe.training
+    stats, want = _running_stats(fe.model), _running_stats(loaded)
+    assert stats.keys() == want.keys() and any(k.endswith("running_mean") for k in stats)
+    unchanged = [k for k in stats if torch.equal(stats[k], want[k])]
+    weights, loaded_weights = dict(fe.model.named_parameters()), dict(loaded.named_parameters())
+    assert any(not torch.equal(weights[k], loaded_weights[k]) for k in weights)  # adaptation did train
+    if da_bn == "eval":
+        assert unchanged == list(stats)
+    else:  # the stem's statistics and those of every block up to layer3 moved (later blocks never run)
+        changed = [k for k in stats if k.endswith("running_mean") and k not in unchanged]
+        assert "bn1.running_mean" in changed and any(k.startswith("blocks.4.") for k in changed)
+    with pytest.raises(DefectbenchError, match="ddad.da_bn"):
+        ddad.build_feature_extractors("resnet18", "none", "batch")
 
 
 def test_feature_extractor_copies_start_equal_and_only_fe_trains():
@@ -216,9 +277,15 @@ def test_ddad_stage_end_to_end(magnetic_tile, tmp_path):
     root = magnetic_tile
     model_dir = tmp_path / "pretrain" / "model"
     dcfg = {"epochs": 1, "batch_size": 4, "block_out_channels": [8, 16], "layers_per_block": 1, "checkpoint_every": 1}
-    ddpm.pretrain_diffusion(root / "cache-32.npy", root / "anomaly-seed0.parquet", model_dir,
-                            tmp_path / "pretrain" / "metrics.json", tmp_path / "pretrain" / "history.parquet",
-                            {"diffusion": dcfg, "device": "cpu"}, dataset="mt", task="anomaly", seed=0)
+    pretrained = ddpm.pretrain_diffusion(root / "cache-32.npy", root / "anomaly-seed0.parquet", model_dir,
+                                         tmp_path / "pretrain" / "metrics.json", tmp_path / "pretrain" / "history.parquet",
+                                         {"diffusion": dcfg, "device": "cpu"}, dataset="mt", task="anomaly", seed=0,
+                                         masks_path=root / "masks-32.npy")
+    # one epoch: the loss is far above converged_loss and the blowholes are not repaired
+    pm = pretrained["metrics"]
+    assert pm["final_loss"] > 0.1 and pretrained["extra"]["converged"] is False
+    assert pm["rec_error_in_mask"] > 0 and pm["rec_error_out_mask"] > 0
+    assert pm["rec_error_ratio"] == pytest.approx(pm["rec_error_in_mask"] / pm["rec_error_out_mask"])
     cfg = {"ddad": {"w": 4.0, "steps": 50, "skip": 25, "eta": 1.0, "v": 1.0, "da_epochs": 1, "da_lambda": 0.1,
                     "w_da": 3.0, "feature_backbone": "resnet18", "pretrained": "none", "batch_size": 4,
                     "max_norm": "batch", "sigma": 4.0},
@@ -227,10 +294,18 @@ def test_ddad_stage_end_to_end(magnetic_tile, tmp_path):
     out = tmp_path / "ddad"
     record = ddad.run_ddad(model_dir, root / "cache-32.npy", root / "masks-32.npy", root / "anomaly-seed0.parquet",
                            out / "metrics.json", out / "scores.parquet", out / "maps.npy", out / "da_history.parquet",
-                           cfg, dataset="mt", seed=0)
+                           cfg, dataset="mt", seed=0, diffusion_metrics_path=tmp_path / "pretrain" / "metrics.json")
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["stage"] == "anomaly" and saved["scorer"] == "ddad" and saved["features"] == "resnet18"
     assert saved["protocol"] == "faithful" and saved["extra"]["max_norm"] == "batch"
+    assert saved["extra"]["da_bn"] == "eval"  # the default
+    assert saved["diffusion_converged"] is False
+    assert saved["metrics"]["diffusion_final_loss"] == pytest.approx(pm["final_loss"])
+    assert saved["metrics"]["diffusion_rec_error_ratio"] == pytest.approx(pm["rec_error_ratio"])
+    # the row is flagged in the anomaly table and its Markdown rendering
+    anomaly = tables.build_tables([out / "metrics.json"])["anomaly"]
+    assert anomaly["diffusion_converged"].tolist() == ["False"]
+    assert "diffusion_converged" in tables.render_stage_markdown(anomaly, "anomaly")
     m = record["metrics"]
     for key in ("image_auroc", "image_auprc", "threshold", "f1", "f1_max_oracle", "pixel_auroc", "pro"):
         assert m[key] is not None and math.isfinite(m[key]), key
@@ -247,3 +322,59 @@ def test_ddad_stage_end_to_end(magnetic_tile, tmp_path):
     np.testing.assert_allclose(maps.reshape(6, -1).max(1)[kept["map_index"]], kept["score"], rtol=1e-6)
     assert len(pd.read_parquet(out / "da_history.parquet")) == 1
     assert not list(out.glob("da-checkpoint*"))
+
+
+# ----------------------------------------------------------------------------- convergence report
+class ZeroEps(torch.nn.Module):
+    """A UNet stand-in that predicts no noise at all (``.sample`` like diffusers' output)."""
+
+    def forward(self, x, t):
+        return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+
+def test_mask_reconstruction_errors_by_hand():
+    """With ε̂ = 0 every DDIM step rescales x_t, so the trajectory ends at x_t*/sqrt(ᾱ_t*) =
+    x + sqrt((1-ᾱ)/ᾱ)·noise: the error is the same noise inside and outside the masks."""
+    scheduler = ddpm.make_scheduler({})
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    masks = np.zeros((3, 8, 8), bool)
+    masks[:, 2:5, 1:4] = True
+    got = ddpm.mask_reconstruction_errors(ZeroEps(), scheduler, images, masks, seed=5, device=CPU, batch_size=2)
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.cat([torch.randn((2, 3, 8, 8), generator=gen), torch.randn((1, 3, 8, 8), generator=gen)])
+    a = float(ddpm.alpha_bar(TABLE, 250))
+    err = (math.sqrt((1 - a) / a) * noise).abs().mean(1).numpy()
+    assert got["rec_error_in_mask"] == pytest.approx(err[masks].mean(), rel=1e-4)
+    assert got["rec_error_out_mask"] == pytest.approx(err[~masks].mean(), rel=1e-4)
+    assert 0.7 < got["rec_error_ratio"] < 1.3  # nothing repaired: not a converged model
+
+
+def test_convergence_verdict():
+    cfg = {"converged_loss": 0.1, "converged_mask_ratio": 1.5}
+    assert ddpm.convergence(0.05, None, cfg) and not ddpm.convergence(0.37, None, cfg)
+    assert ddpm.convergence(0.1, {"rec_error_ratio": 1.5}, cfg)  # both limits inclusive
+    assert not ddpm.convergence(0.05, {"rec_error_ratio": 1.02}, cfg)  # defects reconstructed like the rest
+    assert not ddpm.convergence(0.2, {"rec_error_ratio": 6.0}, cfg)
+    assert ddpm.convergence(0.3, None, {"converged_loss": 0.5})
+
+
+# ----------------------------------------------------------------------------- positive control
+def test_positive_control(tmp_path):
+    """DDAD must find bright/dark squares on a plain grey texture (docs/ddad.md): the generated
+    set goes through the data stage, diffusion pretraining and the DDAD stage (the library
+    functions the workflow scripts call) with the schema's defaults for everything but sizes."""
+    write_mvtec_control(tmp_path / "raw", size=32, n_train=40, n_test_good=12, n_test_defect=12)
+    config = control_config(tmp_path / "raw", diffusion=POSITIVE_CONTROL_DIFFUSION)
+    files = prepare_control(tmp_path, config)
+    pretrained = json.loads(files["diffusion"].read_text())
+    assert pretrained["extra"]["converged"] is True, pretrained["metrics"]
+    assert pretrained["metrics"]["rec_error_ratio"] >= config["diffusion"]["converged_mask_ratio"]
+    record = run_control_ddad(files, config, tmp_path / "ddad")
+    assert record["extra"]["da_bn"] == "eval" and record["extra"]["max_norm"] == "batch"
+    assert record["diffusion_converged"] is True
+    scores = pd.read_parquet(tmp_path / "ddad" / "scores.parquet")
+    assert (scores["subset"] == "test").sum() == 24 and scores["label"].sum() == 12
+    m = record["metrics"]
+    assert m["image_auroc"] >= 0.95, m
+    assert m["pixel_auroc"] >= 0.9, m

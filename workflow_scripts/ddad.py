@@ -16,4 +16,5 @@ with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         cfg=snakemake.params.cfg,  # noqa: F821
         dataset=snakemake.wildcards.dataset,  # noqa: F821
         seed=int(snakemake.wildcards.seed),  # noqa: F821
+        diffusion_metrics_path=snakemake.input["diffusion_metrics"],  # noqa: F821
     )

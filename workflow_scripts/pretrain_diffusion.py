@@ -14,4 +14,5 @@ with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         dataset=snakemake.wildcards.dataset,  # noqa: F821
         task=snakemake.wildcards.task,  # noqa: F821
         seed=int(snakemake.wildcards.seed),  # noqa: F821
+        masks_path=snakemake.input.get("masks"),  # noqa: F821 - anomaly task only
     )

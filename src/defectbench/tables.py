@@ -10,7 +10,9 @@ job, i.e. per ``metrics.json``; column order as listed):
   classification ``dataset, method, backbone, labels_pct, seed``; anomaly ``dataset, scorer,
   features, method, backbone, seed``; clustering ``dataset, weighting, features, backbone, seed``;
   pretraining ``dataset, method, backbone, task, seed``. Any further key a job records (a
-  top-level field of metrics.json that is not provenance) is appended as its own column.
+  top-level field of metrics.json that is not provenance) is appended as its own column: e.g.
+  DDAD rows carry ``diffusion_converged`` (True/False; null on other scorers' rows), so rows
+  from an unconverged diffusion model are flagged and never averaged with converged ones.
 * ``protocol`` (clean | faithful).
 * one float column per metric: the expected ones of the stage (``EXPECTED_METRICS``, always
   present, NaN when not computed) followed by every other metric name found, sorted. A metric

@@ -10,10 +10,15 @@
    feature backbone (layer1..3) learns to map reconstructions of one nominal image
    (conditioned on another) close to that other image, with two terms keeping FE near the
    frozen copy FE₀ (:func:`domain_adaptation_loss`). ``da_epochs = 0`` means FE = FE₀.
+   FE's BatchNorm layers stay in eval mode while it adapts (``da_bn: eval``, default): letting
+   them re-estimate their statistics from half-batches of near-identical nominal images, as
+   DDAD's code does (``da_bn: train``), wrecks the feature distance (docs/ddad.md).
 3. **Anomaly map** (D.5, :func:`anomaly_maps`): D_p = channel mean |x̂ - x|; D_f = Σ over
    layer2, layer3 of 1 - cos(patch-mean features of x, of x̂), upsampled bilinearly;
    A = D_f + v·(max D_f / max D_p)·D_p with the max over the whole batch (``max_norm: batch``,
-   faithful, batch-dependent) or per image (``image``, clean); Gaussian blur σ (4), kernel
+   DDAD's and the default: it works on the positive control) or per image (``image``: scores
+   independent of batch mates, but each image's D_p is rescaled to its own max D_f, which hides
+   how large its reconstruction error is; docs/ddad.md); Gaussian blur σ (4), kernel
    2⌊4σ+0.5⌋+1, reflect border (replicate when the image is smaller than the kernel radius).
    Image score = max of the map. DDAD then center-crops maps and masks to 224; that is a 256-px
    convention, so it is applied only when the image size is >= 256 (smaller images keep the
@@ -21,7 +26,9 @@
 
 The stage (:func:`run_ddad`) scores the held-out nominal images and the test images with the
 model trained on the anomaly split's nominal train subset; the threshold comes from the
-held-out scores only (:func:`defectbench.metrics.anomaly.evaluate_anomaly`).
+held-out scores only (:func:`defectbench.metrics.anomaly.evaluate_anomaly`). Each row carries
+the diffusion model's convergence verdict (``diffusion_converged``) so that a score from an
+untrained model is not read as a DDAD result.
 
 >>> ddad_timesteps(250, 25)[:2], ddad_timesteps(250, 25)[-1]
 ([(225, 200), (200, 175)], (0, -1))
@@ -135,9 +142,17 @@ def domain_adaptation_loss(rec: list[torch.Tensor], target: list[torch.Tensor], 
     return total
 
 
-def build_feature_extractors(name: str, pretrained: str = "none") -> tuple[FeatureExtractor, FeatureExtractor]:
-    """(trainable FE, frozen FE₀): two copies of the same weights, layers layer1..3."""
-    fe = FeatureExtractor(name, DA_LAYERS, pretrained=pretrained, trainable=True)
+def build_feature_extractors(name: str, pretrained: str = "none",
+                             da_bn: Literal["eval", "train"] = "eval") -> tuple[FeatureExtractor, FeatureExtractor]:
+    """(trainable FE, frozen FE₀): two copies of the same weights, layers layer1..3.
+
+    ``da_bn``: ``eval`` keeps FE's BatchNorm layers in eval mode while it adapts (their running
+    statistics stay FE₀'s); ``train`` lets them re-estimate the statistics from the adaptation
+    batches, as DDAD's code does. With few, near-identical nominal images those statistics
+    wreck the feature distance (docs/ddad.md)."""
+    if da_bn not in ("eval", "train"):
+        raise DefectbenchError(f"ddad.da_bn: unknown {da_bn!r}; use eval or train")
+    fe = FeatureExtractor(name, DA_LAYERS, pretrained=pretrained, trainable=True, freeze_norm_stats=da_bn == "eval")
     fe0 = FeatureExtractor(name, DA_LAYERS, trainable=False, model=copy.deepcopy(fe.model))
     return fe, fe0
 
@@ -147,15 +162,16 @@ def adapt_feature_extractor(unet: nn.Module, table: torch.Tensor, images: np.nda
                             checkpoint_path: str | os.PathLike) -> tuple[FeatureExtractor, pd.DataFrame]:
     """D.4: the feature extractor used for anomaly maps, domain-adapted on nominal train images.
 
-    ``cfg`` is the ``ddad`` section (feature_backbone, pretrained, da_epochs, da_lambda, w_da,
-    steps, skip, eta, batch_size). Each batch of ``batch_size`` shuffled images is split in
+    ``cfg`` is the ``ddad`` section (feature_backbone, pretrained, da_bn, da_epochs, da_lambda,
+    w_da, steps, skip, eta, batch_size). Each batch of ``batch_size`` shuffled images is split in
     halves: the first are targets y, the second are reconstructed conditioned on them (w_da).
     Training runs in :func:`defectbench.train.train_loop` (AdamW lr 1e-4, checkpoint + resume).
     Returns (FE in eval mode, history; empty when ``da_epochs`` is 0).
     """
     from defectbench.train import train_loop
 
-    fe, fe0 = build_feature_extractors(cfg.get("feature_backbone", "wide_resnet50_2"), cfg.get("pretrained", "none"))
+    fe, fe0 = build_feature_extractors(cfg.get("feature_backbone", "wide_resnet50_2"), cfg.get("pretrained", "none"),
+                                       cfg.get("da_bn", "eval"))
     fe, fe0 = fe.to(device), fe0.to(device)
     epochs = int(cfg.get("da_epochs", 0))
     if epochs == 0:
@@ -220,7 +236,7 @@ def feature_distance(fe: nn.Module, x_rec: torch.Tensor, x: torch.Tensor, out_si
 
 
 def combine_distances(d_f: torch.Tensor, d_p: torch.Tensor, v: float,
-                      max_norm: Literal["batch", "image"] = "image") -> torch.Tensor:
+                      max_norm: Literal["batch", "image"] = "batch") -> torch.Tensor:
     """A = D_f + v·(max D_f / max D_p)·D_p; the maxima over the whole batch (``batch``, the
     reference) or over each image (``image``, so a score never depends on its batch mates)."""
     if max_norm == "batch":
@@ -284,7 +300,7 @@ def anomaly_maps(unet: nn.Module, table: torch.Tensor, fe: nn.Module, images: np
                                                eta=float(cfg.get("eta", 1.0)), generator=generator).float()
             d_f = feature_distance(fe, x_rec, x, size)
         d_p = pixel_distance(x_rec, x)
-        a = combine_distances(d_f.float(), d_p, float(cfg.get("v", 1.0)), cfg.get("max_norm", "image"))
+        a = combine_distances(d_f.float(), d_p, float(cfg.get("v", 1.0)), cfg.get("max_norm", "batch"))
         out[start:start + len(x)] = gaussian_blur(a, float(cfg.get("sigma", 4.0)))[:, 0].cpu().numpy()
         log.info("ddad: scored %d/%d images", min(start + batch_size, len(images)), len(images))
     return out
@@ -304,21 +320,38 @@ def _map_sample(labels: np.ndarray, n: int = N_MAP_SAMPLES) -> np.ndarray:
     return np.sort(np.concatenate([anomalous[:take_a], nominal[:take_n]]))
 
 
+def diffusion_report(path: str | os.PathLike) -> tuple[bool, dict[str, float]]:
+    """(converged, metrics to copy) from the diffusion model's pretraining metrics.json."""
+    from defectbench.tables import read_metrics_record
+
+    record = read_metrics_record(path)
+    converged = (record.get("extra") or {}).get("converged")
+    if not isinstance(converged, bool):
+        raise DefectbenchError(f"{path}: no convergence report (extra.converged); rerun pretrain_diffusion")
+    copied = {f"diffusion_{k}": v for k, v in record["metrics"].items()
+              if k in ("final_loss", "rec_error_in_mask", "rec_error_out_mask", "rec_error_ratio")}
+    return converged, copied
+
+
 def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_path: str | os.PathLike,
              anomaly_split_path: str | os.PathLike, metrics_path: str | os.PathLike, scores_path: str | os.PathLike,
              maps_path: str | os.PathLike, history_path: str | os.PathLike, cfg: dict[str, Any], *,
-             dataset: str, seed: int) -> dict[str, Any]:
+             dataset: str, seed: int, diffusion_metrics_path: str | os.PathLike) -> dict[str, Any]:
     """Pipeline stage ``ddad``: adapt the feature extractor on the nominal train images, score the
     holdout (nominal) and test images, evaluate, and write metrics.json, scores.parquet (row,
     label, score, subset, map_index), maps.npy (up to 16 test maps, rows in scores.parquet via
     ``map_index``) and the domain-adaptation history.
 
     ``cfg`` is the rule's config slice: ``ddad`` and ``metrics`` sections, ``threshold_quantile``,
-    ``device``, ``protocol``.
+    ``device``, ``protocol``. ``diffusion_metrics_path`` is the model's pretraining metrics.json:
+    its convergence verdict becomes the row's ``diffusion_converged`` (a column of the anomaly
+    table, so a row from an untrained model is not read as a DDAD result) and its final loss and
+    reconstruction errors are copied as ``diffusion_*`` metrics.
     """
     from defectbench.metrics.anomaly import evaluate_anomaly
 
     dcfg = cfg["ddad"]
+    diffusion_converged, diffusion_metrics = diffusion_report(diffusion_metrics_path)
     mcfg = cfg.get("metrics", {})
     device = pick_device(cfg.get("device", "auto"))
     amp = dcfg.get("amp", "none")
@@ -368,10 +401,12 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
         np.save(tmp, test_maps[keep].astype(np.float32))
     backbone = dcfg.get("feature_backbone", "wide_resnet50_2")
     record = write_metrics(
-        metrics_path, stage="anomaly", metrics=metrics, config=cfg,
-        keys={"dataset": dataset, "seed": seed, "scorer": "ddad", "features": backbone},
+        metrics_path, stage="anomaly", metrics={**metrics, **diffusion_metrics}, config=cfg,
+        keys={"dataset": dataset, "seed": seed, "scorer": "ddad", "features": backbone,
+              "diffusion_converged": diffusion_converged},
         device=str(device), wall_time_s=timer.seconds,
-        extra={"amp": effective_amp(device, amp), "max_norm": dcfg.get("max_norm", "image"),
+        extra={"amp": effective_amp(device, amp), "max_norm": dcfg.get("max_norm", "batch"),
+               "da_bn": dcfg.get("da_bn", "eval"),
                "center_crop": bool(test.shape[1] >= CROP_FROM), "image_size": int(test.shape[1]),
                "pro_mode": mcfg.get("pro_mode", "standard")},
     )

@@ -48,6 +48,7 @@ from defectbench.data.cache import split_images
 from defectbench.runtime import (
     DefectbenchError,
     Timer,
+    autocast_context,
     config_hash,
     effective_amp,
     pick_device,
@@ -321,42 +322,110 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
     return ema_unet.eval(), scheduler, history
 
 
+# ----------------------------------------------------------------------------- convergence report
+@torch.no_grad()
+def mask_reconstruction_errors(unet: nn.Module, scheduler: Any, images: np.ndarray, masks: np.ndarray, *, seed: int,
+                               device: torch.device, batch_size: int = 16, amp: str = "none") -> dict[str, float]:
+    """Mean |x̂ - x| (channel mean, [-1,1] space) inside and outside the defect masks of ``images``.
+
+    x̂: each image noised to DDAD's depth T/4 (250 of 1000) and denoised back by deterministic
+    DDIM in 10 steps (DDAD's 250/25), without guidance. A model that learned the nominal images
+    repairs the defects, so the error inside the masks is well above the error elsewhere; an
+    untrained one fails everywhere alike (ratio near 1). ``masks`` (N,S,S) bool, each non-empty.
+    """
+    from defectbench.diffusion.views import denoise_partial  # views imports this module
+
+    table = scheduler_table(scheduler).to(device)
+    t_start = int(scheduler.config.num_train_timesteps) // 4
+    eps_model = eps_fn(unet)
+    gen = torch.Generator().manual_seed(int(seed))
+    inside = outside = n_in = n_out = 0.0
+    for start in range(0, len(images), batch_size):
+        x0 = to_model_range(images[start:start + batch_size]).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        steps = torch.full((len(x0),), 10, dtype=torch.long)
+        with autocast_context(device, amp):
+            x_rec = denoise_partial(eps_model, x0, noise, torch.full_like(steps, t_start), steps, table)
+        err = (x_rec.float() - x0).abs().mean(dim=1).cpu().numpy()
+        m = masks[start:start + batch_size]
+        inside += float(err[m].sum())
+        outside += float(err[~m].sum())
+        n_in += float(m.sum())
+        n_out += float((~m).sum())
+    rec_in, rec_out = inside / n_in, outside / max(n_out, 1.0)
+    return {"rec_error_in_mask": rec_in, "rec_error_out_mask": rec_out, "rec_error_ratio": rec_in / max(rec_out, 1e-12)}
+
+
+def convergence(final_loss: float, errors: dict[str, float] | None, cfg: dict[str, Any]) -> bool:
+    """Did the pretraining converge? The final training loss is at most ``converged_loss`` and,
+    when defect masks were checked, the in-mask reconstruction error is at least
+    ``converged_mask_ratio`` times the error elsewhere (``diffusion`` section)."""
+    ok = final_loss <= float(cfg.get("converged_loss", 0.1))
+    if errors is not None:
+        ok = ok and errors["rec_error_ratio"] >= float(cfg.get("converged_mask_ratio", 1.5))
+    return ok
+
+
 def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathLike, model_dir: str | os.PathLike,
                        metrics_path: str | os.PathLike, history_path: str | os.PathLike, cfg: dict[str, Any], *,
-                       dataset: str, task: str, seed: int) -> dict[str, Any]:
+                       dataset: str, task: str, seed: int, masks_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Pipeline stage ``pretrain_diffusion``: train on the ``train`` subset of the split, save
     the EMA UNet + scheduler (``model_dir``), ``history.parquet`` and ``metrics.json``.
 
     ``cfg`` is the rule's config slice: ``{"diffusion": {...}, "device": ..., "protocol": ...}``.
     The checkpoint lives beside ``model_dir``, named by the hash of the config slice (a changed
     config never resumes a stale run), and is removed once the outputs are written.
+
+    metrics.json reports whether the model converged (``extra.converged``, :func:`convergence`):
+    the final loss against ``converged_loss`` and, with ``masks_path`` (the anomaly task, whose
+    train subset is nominal only), :func:`mask_reconstruction_errors` on the split's ``test``
+    images that have a defect mask. The check only reports: it selects nothing.
     """
     dcfg = cfg["diffusion"]
     device = pick_device(cfg.get("device", "auto"))
+    amp = dcfg.get("amp", "none")
     images, rows = split_images(cache_path, split_path, ["train"])
     log.info("diffusion: %s/%s seed %d: %d train images of %d px on %s", dataset, task, seed, len(images),
              images.shape[1] if len(images) else 0, device)
     checkpoint = Path(model_dir).parent / f"checkpoint-{config_hash(cfg)}.pt"
     with Timer() as timer:
         unet, scheduler, history = train_ddpm(images, dcfg, seed=seed, device=device, checkpoint_path=checkpoint)
+        errors = None
+        if masks_path is not None:
+            test, test_rows = split_images(cache_path, split_path, ["test"])
+            masks = np.load(masks_path, mmap_mode="r")
+            if masks.ndim != 3 or masks.shape[1:] != images.shape[1:3]:
+                raise DefectbenchError(f"{masks_path}: masks {masks.shape} do not match the {images.shape[1]} px cache; "
+                                       "rerun build_cache")
+            test_masks = np.asarray(masks[test_rows["row"].to_numpy()]) > 0
+            has_mask = test_masks.any(axis=(1, 2))
+            if has_mask.any():
+                errors = mask_reconstruction_errors(unet, scheduler, test[has_mask], test_masks[has_mask], seed=seed,
+                                                    device=device, batch_size=int(dcfg.get("batch_size", 64)), amp=amp)
     save_diffusion(model_dir, unet, scheduler)
     write_parquet(history_path, history)
     n_params = sum(p.numel() for p in unet.parameters())
+    final_loss = float(history["loss"].iloc[-1])
+    converged = convergence(final_loss, errors, dcfg)
+    if not converged:
+        log.warning("diffusion: %s/%s seed %d did not converge (final loss %.4f, in/out-of-mask error ratio %s); "
+                    "DDAD rows from it are flagged diffusion_converged: false", dataset, task, seed, final_loss,
+                    "n/a" if errors is None else f"{errors['rec_error_ratio']:.2f}")
     record = write_metrics(
         metrics_path, stage="pretraining",
-        metrics={"final_loss": float(history["loss"].iloc[-1]), "epochs": float(len(history)),
+        metrics={"final_loss": final_loss, "epochs": float(len(history)),
                  "n_train": float(len(images)), "n_parameters": float(n_params),
-                 "images_per_s": float(history["images_per_s"].mean())},
+                 "images_per_s": float(history["images_per_s"].mean()), **(errors or {})},
         config=cfg, keys={"dataset": dataset, "seed": seed, "method": "ddpm", "backbone": "unet2d", "task": task},
         device=str(device), wall_time_s=timer.seconds,
-        extra={"amp": effective_amp(device, dcfg.get("amp", "none")), "image_size": int(images.shape[1])},
+        extra={"amp": effective_amp(device, amp), "image_size": int(images.shape[1]), "converged": converged},
     )
     checkpoint.unlink(missing_ok=True)
     return record
 
 
 __all__ = [
-    "EMA", "alpha_bar", "alpha_bar_table", "build_unet", "ddim_step", "epsilon_loss", "eps_fn", "load_diffusion",
-    "make_scheduler", "noise_images", "pretrain_diffusion", "save_diffusion",
+    "EMA", "alpha_bar", "alpha_bar_table", "build_unet", "convergence", "ddim_step", "epsilon_loss", "eps_fn",
+    "load_diffusion", "make_scheduler", "mask_reconstruction_errors", "noise_images", "pretrain_diffusion", "save_diffusion",
     "scheduler_table", "to_model_range", "to_uint8", "train_ddpm",
 ]

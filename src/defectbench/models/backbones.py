@@ -116,11 +116,13 @@ class FeatureExtractor(nn.Module):
 
     Layer names are resnet-style (``layer1`` .. ``layer4``, strides 4..32) for every backbone;
     for efficientnet_lite0 they map to the block stages with the same strides. Frozen and in
-    eval mode unless ``trainable``.
+    eval mode unless ``trainable``. A trainable extractor with ``freeze_norm_stats`` trains its
+    weights (BatchNorm's affine ones included) but keeps every layer with running statistics in
+    eval mode, so ``train()`` never lets a batch overwrite the statistics it was built with.
     """
 
     def __init__(self, name: str, layers: list[str] | tuple[str, ...], pretrained: str = "none",
-                 trainable: bool = False, model: nn.Module | None = None):
+                 trainable: bool = False, model: nn.Module | None = None, freeze_norm_stats: bool = False):
         super().__init__()
         self.name = name
         self.layers = list(layers)
@@ -129,6 +131,7 @@ class FeatureExtractor(nn.Module):
             raise DefectbenchError(f"layers: unknown {unknown[0]!r}; use layer1..layer4")
         self.model = model if model is not None else build_model(name, pretrained)
         self.trainable = trainable
+        self.freeze_norm_stats = freeze_norm_stats
         if not trainable:
             self.model.eval()
             for p in self.model.parameters():
@@ -136,7 +139,10 @@ class FeatureExtractor(nn.Module):
         self._last = max(_EFFNET_STAGES[layer] for layer in self.layers)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
-        return super().train(mode and self.trainable)
+        super().train(mode and self.trainable)
+        if self.freeze_norm_stats:
+            eval_running_stats(self)
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -159,6 +165,15 @@ class FeatureExtractor(nn.Module):
             if i >= self._last:
                 break
         return {layer: out[layer] for layer in self.layers}
+
+
+def eval_running_stats(module: nn.Module) -> None:
+    """Put every submodule that keeps running statistics (BatchNorm, InstanceNorm with
+    ``track_running_stats``) in eval mode: it normalises with its stored statistics and no
+    forward pass updates them."""
+    for m in module.modules():
+        if isinstance(getattr(m, "running_mean", None), torch.Tensor):
+            m.eval()
 
 
 def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
