@@ -7,10 +7,10 @@ noise in the ``mvtec`` layout; defective test images carry a bright or dark squa
 Two settings, each one diffusion model shared by the four DDAD variants (same seed, same
 switches otherwise, schema defaults for everything but sizes):
 
-* ``test``: the suite's positive control (40 nominal train images, 12 + 12 test images,
-  diffusion 60 epochs at lr 2e-3), the configuration tests/test_ddad.py asserts on;
-* ``issue``: the set of issue 17 (80 nominal train images, 20 + 20 test images, 200 epochs
-  at lr 1e-3, final loss ~0.005), where the BatchNorm failure shows.
+* ``test``: the suite's positive control (80 nominal train images, 16 + 16 test images,
+  diffusion 25 epochs at lr 2e-3), the configuration tests/test_ddad.py asserts on;
+* ``issue``: the set of issue 17 (80 nominal train images, 20 + 20 test images, diffusion 200
+  epochs at lr 1e-3 to a final loss of ~0.005).
 
 Runs in benchmarks/.work/ (git-ignored), one CPU thread.
 """
@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from ddad_control_fixture import (  # noqa: E402
     POSITIVE_CONTROL_DIFFUSION,
+    POSITIVE_CONTROL_SIZES,
     control_config,
     prepare_control,
     run_control_ddad,
@@ -40,7 +41,7 @@ from ddad_control_fixture import (  # noqa: E402
 from defectbench.runtime import job_logging  # noqa: E402
 
 SETTINGS = {
-    "test": ({"n_train": 40, "n_test_good": 12, "n_test_defect": 12}, POSITIVE_CONTROL_DIFFUSION),
+    "test": (POSITIVE_CONTROL_SIZES, POSITIVE_CONTROL_DIFFUSION),
     "issue": ({"n_train": 80, "n_test_good": 20, "n_test_defect": 20},
               {**POSITIVE_CONTROL_DIFFUSION, "epochs": 200, "lr": 1e-3, "checkpoint_every": 200}),
 }

@@ -23,9 +23,11 @@ from defectbench.diffusion.ddad import run_ddad
 from defectbench.diffusion.ddpm import pretrain_diffusion
 
 CATEGORY = "greytile"
-# A diffusion model that learns the set in about 15 s on one CPU core (60 epochs of 30 images).
-POSITIVE_CONTROL_DIFFUSION = {"epochs": 60, "batch_size": 8, "lr": 2e-3, "block_out_channels": [16, 32],
-                              "layers_per_block": 1, "attention_levels": 0, "checkpoint_every": 60}
+# The suite's control: 80 nominal train images (60 after the holdout), 16 + 16 test images, and a
+# diffusion model that learns them in about 15 s on one CPU core (25 epochs of 7 batches).
+POSITIVE_CONTROL_SIZES = {"n_train": 80, "n_test_good": 16, "n_test_defect": 16}
+POSITIVE_CONTROL_DIFFUSION = {"epochs": 25, "batch_size": 8, "lr": 2e-3, "block_out_channels": [16, 32],
+                              "layers_per_block": 1, "attention_levels": 0, "checkpoint_every": 25}
 
 
 def nominal_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -48,8 +50,8 @@ def defective_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
-def write_mvtec_control(root: Path, *, size: int = 32, n_train: int = 40, n_test_good: int = 12,
-                        n_test_defect: int = 12, seed: int = 0) -> Path:
+def write_mvtec_control(root: Path, *, n_train: int, n_test_good: int, n_test_defect: int, size: int = 32,
+                        seed: int = 0) -> Path:
     """PNG files under ``root/greytile/{train/good, test/good, test/square, ground_truth/square}``."""
     rng = np.random.default_rng(seed)
     base = root / CATEGORY

@@ -23,6 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from ddad_control_fixture import (  # noqa: E402
     POSITIVE_CONTROL_DIFFUSION,
+    POSITIVE_CONTROL_SIZES,
     control_config,
     nominal_image,
     prepare_control,
@@ -351,12 +352,11 @@ def test_mask_reconstruction_errors_by_hand():
 
 
 def test_convergence_verdict():
-    cfg = {"converged_loss": 0.1, "converged_mask_ratio": 1.5}
-    assert ddpm.convergence(0.05, None, cfg) and not ddpm.convergence(0.37, None, cfg)
-    assert ddpm.convergence(0.1, {"rec_error_ratio": 1.5}, cfg)  # both limits inclusive
-    assert not ddpm.convergence(0.05, {"rec_error_ratio": 1.02}, cfg)  # defects reconstructed like the rest
-    assert not ddpm.convergence(0.2, {"rec_error_ratio": 6.0}, cfg)
-    assert ddpm.convergence(0.3, None, {"converged_loss": 0.5})
+    assert ddpm.convergence(0.05, None, 0.1, 1.5) and not ddpm.convergence(0.37, None, 0.1, 1.5)
+    assert ddpm.convergence(0.1, {"rec_error_ratio": 1.5}, 0.1, 1.5)  # both limits inclusive
+    assert not ddpm.convergence(0.05, {"rec_error_ratio": 1.02}, 0.1, 1.5)  # defects reconstructed like the rest
+    assert not ddpm.convergence(0.2, {"rec_error_ratio": 6.0}, 0.1, 1.5)
+    assert ddpm.convergence(0.3, None, 0.5, 1.5)
 
 
 # ----------------------------------------------------------------------------- positive control
@@ -364,7 +364,7 @@ def test_positive_control(tmp_path):
     """DDAD must find bright/dark squares on a plain grey texture (docs/ddad.md): the generated
     set goes through the data stage, diffusion pretraining and the DDAD stage (the library
     functions the workflow scripts call) with the schema's defaults for everything but sizes."""
-    write_mvtec_control(tmp_path / "raw", size=32, n_train=40, n_test_good=12, n_test_defect=12)
+    write_mvtec_control(tmp_path / "raw", size=32, **POSITIVE_CONTROL_SIZES)
     config = control_config(tmp_path / "raw", diffusion=POSITIVE_CONTROL_DIFFUSION)
     files = prepare_control(tmp_path, config)
     pretrained = json.loads(files["diffusion"].read_text())
@@ -374,7 +374,7 @@ def test_positive_control(tmp_path):
     assert record["extra"]["da_bn"] == "eval" and record["extra"]["max_norm"] == "batch"
     assert record["diffusion_converged"] is True
     scores = pd.read_parquet(tmp_path / "ddad" / "scores.parquet")
-    assert (scores["subset"] == "test").sum() == 24 and scores["label"].sum() == 12
+    assert (scores["subset"] == "test").sum() == 32 and scores["label"].sum() == 16
     m = record["metrics"]
     assert m["image_auroc"] >= 0.95, m
     assert m["pixel_auroc"] >= 0.9, m

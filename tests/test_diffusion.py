@@ -231,6 +231,8 @@ def test_pretrain_and_views_stages(tmp_path):
                                      cfg, dataset="ds", task="classification", seed=0)
     assert record["stage"] == "pretraining" and record["method"] == "ddpm" and record["task"] == "classification"
     assert record["metrics"]["n_train"] == 6.0 and math.isfinite(record["metrics"]["final_loss"])
+    # one epoch is far from converged; without masks only the loss is judged
+    assert record["extra"]["converged"] is False and "rec_error_ratio" not in record["metrics"]
     assert json.loads((out / "metrics.json").read_text())["device"] == "cpu"
     assert len(pd.read_parquet(out / "history.parquet")) == 1
     assert not list(out.glob("checkpoint*"))  # removed after success
@@ -242,3 +244,17 @@ def test_pretrain_and_views_stages(tmp_path):
     d_shift = np.abs(v[:, 0].astype(float) - images[train_rows[::-1]].astype(float)).mean()
     assert d_own < d_shift
     assert sorted(p.name for p in out.iterdir()) == ["history.parquet", "metrics.json", "model", "views.npy"]
+
+
+def test_pretrain_refuses_masks_of_another_size(tmp_path):
+    images = smooth_images(6)
+    np.save(tmp_path / "cache-16.npy", images)
+    np.save(tmp_path / "masks-32.npy", np.zeros((6, 32, 32), np.uint8))
+    pd.DataFrame({"row": np.arange(6), "subset": ["train"] * 4 + ["test"] * 2, "label": [0] * 4 + [1] * 2,
+                  "label_name": "x"}).to_parquet(tmp_path / "split.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(DefectbenchError, match="masks-32.npy: masks"):
+        ddpm.pretrain_diffusion(tmp_path / "cache-16.npy", tmp_path / "split.parquet", out / "model",
+                                out / "metrics.json", out / "history.parquet", {"diffusion": TINY, "device": "cpu"},
+                                dataset="ds", task="anomaly", seed=0, masks_path=tmp_path / "masks-32.npy")
+    assert not (out / "metrics.json").exists() and not (out / "model").exists()

@@ -356,14 +356,27 @@ def mask_reconstruction_errors(unet: nn.Module, scheduler: Any, images: np.ndarr
     return {"rec_error_in_mask": rec_in, "rec_error_out_mask": rec_out, "rec_error_ratio": rec_in / max(rec_out, 1e-12)}
 
 
-def convergence(final_loss: float, errors: dict[str, float] | None, cfg: dict[str, Any]) -> bool:
-    """Did the pretraining converge? The final training loss is at most ``converged_loss`` and,
-    when defect masks were checked, the in-mask reconstruction error is at least
-    ``converged_mask_ratio`` times the error elsewhere (``diffusion`` section)."""
-    ok = final_loss <= float(cfg.get("converged_loss", 0.1))
+def convergence(final_loss: float, errors: dict[str, float] | None, max_loss: float, min_mask_ratio: float) -> bool:
+    """Did the pretraining converge? The final training loss is at most ``max_loss``
+    (``diffusion.converged_loss``) and, when defect masks were checked, the in-mask reconstruction
+    error is at least ``min_mask_ratio`` (``diffusion.converged_mask_ratio``) times the error elsewhere."""
+    ok = final_loss <= max_loss
     if errors is not None:
-        ok = ok and errors["rec_error_ratio"] >= float(cfg.get("converged_mask_ratio", 1.5))
+        ok = ok and errors["rec_error_ratio"] >= min_mask_ratio
     return ok
+
+
+def _masked_test_images(cache_path: str | os.PathLike, split_path: str | os.PathLike,
+                        masks_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(images, bool masks) of the split's ``test`` images whose defect mask is not empty."""
+    test, test_rows = split_images(cache_path, split_path, ["test"])
+    masks = np.load(masks_path, mmap_mode="r")
+    if masks.ndim != 3 or masks.shape[1:] != test.shape[1:3]:
+        raise DefectbenchError(f"{masks_path}: masks {masks.shape} do not match the {test.shape[1]} px cache "
+                               f"{cache_path}; rerun build_cache")
+    test_masks = np.asarray(masks[test_rows["row"].to_numpy()]) > 0
+    keep = test_masks.any(axis=(1, 2))
+    return test[keep], test_masks[keep]
 
 
 def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathLike, model_dir: str | os.PathLike,
@@ -387,30 +400,25 @@ def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathL
     images, rows = split_images(cache_path, split_path, ["train"])
     log.info("diffusion: %s/%s seed %d: %d train images of %d px on %s", dataset, task, seed, len(images),
              images.shape[1] if len(images) else 0, device)
+    masked = _masked_test_images(cache_path, split_path, masks_path) if masks_path is not None else None
     checkpoint = Path(model_dir).parent / f"checkpoint-{config_hash(cfg)}.pt"
     with Timer() as timer:
         unet, scheduler, history = train_ddpm(images, dcfg, seed=seed, device=device, checkpoint_path=checkpoint)
         errors = None
-        if masks_path is not None:
-            test, test_rows = split_images(cache_path, split_path, ["test"])
-            masks = np.load(masks_path, mmap_mode="r")
-            if masks.ndim != 3 or masks.shape[1:] != images.shape[1:3]:
-                raise DefectbenchError(f"{masks_path}: masks {masks.shape} do not match the {images.shape[1]} px cache; "
-                                       "rerun build_cache")
-            test_masks = np.asarray(masks[test_rows["row"].to_numpy()]) > 0
-            has_mask = test_masks.any(axis=(1, 2))
-            if has_mask.any():
-                errors = mask_reconstruction_errors(unet, scheduler, test[has_mask], test_masks[has_mask], seed=seed,
-                                                    device=device, batch_size=int(dcfg.get("batch_size", 64)), amp=amp)
+        if masked is not None and len(masked[0]):
+            errors = mask_reconstruction_errors(unet, scheduler, *masked, seed=seed, device=device,
+                                                batch_size=int(dcfg.get("batch_size", 64)), amp=amp)
     save_diffusion(model_dir, unet, scheduler)
     write_parquet(history_path, history)
     n_params = sum(p.numel() for p in unet.parameters())
     final_loss = float(history["loss"].iloc[-1])
-    converged = convergence(final_loss, errors, dcfg)
+    max_loss, min_ratio = float(dcfg.get("converged_loss", 0.1)), float(dcfg.get("converged_mask_ratio", 1.5))
+    converged = convergence(final_loss, errors, max_loss, min_ratio)
     if not converged:
-        log.warning("diffusion: %s/%s seed %d did not converge (final loss %.4f, in/out-of-mask error ratio %s); "
-                    "DDAD rows from it are flagged diffusion_converged: false", dataset, task, seed, final_loss,
-                    "n/a" if errors is None else f"{errors['rec_error_ratio']:.2f}")
+        log.warning("diffusion: %s/%s seed %d did not converge: final loss %.4f (converged_loss %g), in/out-of-mask "
+                    "reconstruction error ratio %s (converged_mask_ratio %g); train longer or at a higher lr",
+                    dataset, task, seed, final_loss, max_loss,
+                    "not measured" if errors is None else f"{errors['rec_error_ratio']:.2f}", min_ratio)
     record = write_metrics(
         metrics_path, stage="pretraining",
         metrics={"final_loss": final_loss, "epochs": float(len(history)),
