@@ -278,8 +278,9 @@ def test_ddad_stage_end_to_end(magnetic_tile, tmp_path):
     root = magnetic_tile
     model_dir = tmp_path / "pretrain" / "model"
     dcfg = {"epochs": 1, "batch_size": 4, "block_out_channels": [8, 16], "layers_per_block": 1, "checkpoint_every": 1}
+    pre = tmp_path / "pretrain"
     pretrained = ddpm.pretrain_diffusion(root / "cache-32.npy", root / "anomaly-seed0.parquet", model_dir,
-                                         tmp_path / "pretrain" / "metrics.json", tmp_path / "pretrain" / "history.parquet",
+                                         pre / "metrics.json", pre / "history.parquet",
                                          {"diffusion": dcfg, "device": "cpu"}, dataset="mt", task="anomaly", seed=0,
                                          masks_path=root / "masks-32.npy")
     # one epoch: the loss is far above converged_loss and the blowholes are not repaired
@@ -295,7 +296,7 @@ def test_ddad_stage_end_to_end(magnetic_tile, tmp_path):
     out = tmp_path / "ddad"
     record = ddad.run_ddad(model_dir, root / "cache-32.npy", root / "masks-32.npy", root / "anomaly-seed0.parquet",
                            out / "metrics.json", out / "scores.parquet", out / "maps.npy", out / "da_history.parquet",
-                           cfg, dataset="mt", seed=0, diffusion_metrics_path=tmp_path / "pretrain" / "metrics.json")
+                           cfg, dataset="mt", seed=0, diffusion_metrics_path=pre / "metrics.json")
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["stage"] == "anomaly" and saved["scorer"] == "ddad" and saved["features"] == "resnet18"
     assert saved["protocol"] == "faithful" and saved["extra"]["max_norm"] == "batch"

@@ -8,11 +8,11 @@ job, i.e. per ``metrics.json``; column order as listed):
 
 * key columns (``KEY_COLUMNS[stage]``, always present, null where a job has no such key):
   classification ``dataset, method, backbone, labels_pct, seed``; anomaly ``dataset, scorer,
-  features, method, backbone, seed``; clustering ``dataset, weighting, features, backbone, seed``;
+  features, method, backbone, seed, diffusion_converged`` (DDAD rows: True/False, whether its
+  diffusion model converged, so rows from an untrained model are flagged and never averaged with
+  converged seeds; null on other rows); clustering ``dataset, weighting, features, backbone, seed``;
   pretraining ``dataset, method, backbone, task, seed``. Any further key a job records (a
-  top-level field of metrics.json that is not provenance) is appended as its own column: e.g.
-  DDAD rows carry ``diffusion_converged`` (True/False; null on other scorers' rows), so rows
-  from an unconverged diffusion model are flagged and never averaged with converged ones.
+  top-level field of metrics.json that is not provenance) is appended as its own column.
 * ``protocol`` (clean | faithful).
 * one float column per metric: the expected ones of the stage (``EXPECTED_METRICS``, always
   present, NaN when not computed) followed by every other metric name found, sorted. A metric
@@ -61,7 +61,7 @@ STAGES: tuple[str, ...] = ("classification", "anomaly", "clustering", "pretraini
 
 KEY_COLUMNS: dict[str, list[str]] = {
     "classification": ["dataset", "method", "backbone", "labels_pct", "seed"],
-    "anomaly": ["dataset", "scorer", "features", "method", "backbone", "seed"],
+    "anomaly": ["dataset", "scorer", "features", "method", "backbone", "seed", "diffusion_converged"],
     "clustering": ["dataset", "weighting", "features", "backbone", "seed"],
     "pretraining": ["dataset", "method", "backbone", "task", "seed"],
 }

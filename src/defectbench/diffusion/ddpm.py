@@ -381,7 +381,8 @@ def _masked_test_images(cache_path: str | os.PathLike, split_path: str | os.Path
 
 def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathLike, model_dir: str | os.PathLike,
                        metrics_path: str | os.PathLike, history_path: str | os.PathLike, cfg: dict[str, Any], *,
-                       dataset: str, task: str, seed: int, masks_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                       dataset: str, task: str, seed: int,
+                       masks_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Pipeline stage ``pretrain_diffusion``: train on the ``train`` subset of the split, save
     the EMA UNet + scheduler (``model_dir``), ``history.parquet`` and ``metrics.json``.
 
@@ -434,6 +435,6 @@ def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathL
 
 __all__ = [
     "EMA", "alpha_bar", "alpha_bar_table", "build_unet", "convergence", "ddim_step", "epsilon_loss", "eps_fn",
-    "load_diffusion", "make_scheduler", "mask_reconstruction_errors", "noise_images", "pretrain_diffusion", "save_diffusion",
-    "scheduler_table", "to_model_range", "to_uint8", "train_ddpm",
+    "load_diffusion", "make_scheduler", "mask_reconstruction_errors", "noise_images", "pretrain_diffusion",
+    "save_diffusion", "scheduler_table", "to_model_range", "to_uint8", "train_ddpm",
 ]
