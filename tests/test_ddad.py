@@ -133,7 +133,7 @@ def test_frozen_norm_stats_survive_train_mode():
 
 
 @pytest.mark.parametrize("da_bn", ["eval", "train"])
-def test_domain_adaptation_batchnorm_buffers(da_bn):
+def test_domain_adaptation_batchnorm_buffers(da_bn, one_torch_thread):
     """da_bn eval: two epochs of adaptation (train_loop calls train() each epoch) change the weights
     but leave every BatchNorm buffer as loaded; da_bn train (DDAD's code) re-estimates them."""
     from defectbench.models.backbones import build_model
@@ -361,7 +361,7 @@ def test_convergence_verdict():
 
 
 # ----------------------------------------------------------------------------- positive control
-def test_positive_control(tmp_path):
+def test_positive_control(tmp_path, one_torch_thread):
     """DDAD must find bright/dark squares on a plain grey texture (docs/ddad.md): the generated
     set goes through the data stage, diffusion pretraining and the DDAD stage (the library
     functions the workflow scripts call) with the schema's defaults for everything but sizes."""
