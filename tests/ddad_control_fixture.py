@@ -90,7 +90,7 @@ def prepare_control(root: Path, config: dict, *, seed: int = 0) -> dict[str, Pat
     build_manifest(data / ".fetched.json", dataset_cfg, data / "manifest.parquet", workers=1, project_root=root)
     write_split(data / "manifest.parquet", "anomaly", seed, dataset_cfg, data / f"anomaly-seed{seed}.parquet")
     build_cache(data / "manifest.parquet", size, data / f"cache-{size}.npy", data / f"masks-{size}.npy",
-                workers=1, project_root=root)
+                dataset_cfg=dataset_cfg, workers=1, project_root=root)
     files = {"cache": data / f"cache-{size}.npy", "masks": data / f"masks-{size}.npy",
              "split": data / f"anomaly-seed{seed}.parquet", "model": pre / "model", "diffusion": pre / "metrics.json"}
     pretrain_diffusion(files["cache"], files["split"], files["model"], files["diffusion"], pre / "history.parquet",
