@@ -121,7 +121,9 @@ def _running_stats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_frozen_norm_stats_survive_train_mode():
-    fe = FeatureExtractor("resnet18", ["layer1"], trainable=True, freeze_norm_stats=True).train()
+    fe = FeatureExtractor("resnet18", ["layer1"], trainable=True, freeze_norm_stats=True)
+    assert not any(m.training for m in fe.modules() if isinstance(m, torch.nn.BatchNorm2d))  # frozen from the start
+    fe.train()
     norms = [m for m in fe.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     convs = [m for m in fe.modules() if isinstance(m, torch.nn.Conv2d)]
     assert norms and not any(m.training for m in norms) and all(m.training for m in convs)

@@ -132,6 +132,8 @@ class FeatureExtractor(nn.Module):
         self.model = model if model is not None else build_model(name, pretrained)
         self.trainable = trainable
         self.freeze_norm_stats = freeze_norm_stats
+        if freeze_norm_stats:  # a fresh module is in train mode: freeze before any forward pass
+            eval_running_stats(self.model)
         if not trainable:
             self.model.eval()
             for p in self.model.parameters():
