@@ -22,11 +22,12 @@ import logging
 import os
 import platform
 import random
+import secrets
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -110,6 +111,30 @@ def _warn_if_bf16_emulated() -> None:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+# Temporary names are created with os.open(..., 0o666) / os.mkdir(..., 0o777) rather than
+# tempfile.mkstemp/mkdtemp (0600/0700): the kernel then applies the caller's umask (and any default
+# ACL), so a finished output is as readable by a team as a file any other tool would write.
+def new_temp_file(parent: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create an empty, uniquely named file in ``parent`` with the mode the umask gives."""
+    return _create_unique(Path(parent), prefix, suffix, lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
+
+
+def new_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """Create an empty, uniquely named directory in ``parent`` with the mode the umask gives."""
+    return _create_unique(Path(parent), prefix, "", lambda p: os.mkdir(p, 0o777))
+
+
+def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            create(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free temporary name starting with {prefix!r} after 100 tries")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
@@ -123,14 +148,28 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = new_temp_file(path.parent, f".{path.name}.", suffix or path.suffix or ".tmp")
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_temp_dir(path.parent, f".{path.name}.")
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
