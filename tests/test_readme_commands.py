@@ -1,0 +1,162 @@
+"""Every documented command runs: the shell blocks of README.md and the usage lines at the top of
+config/*.yaml, so the documentation cannot rot (Snakemake 9 dropped ``-r``; a target written after
+``--configfile`` is read as a config file).
+
+Each command runs in a temporary working copy (with ``my.yaml`` = the demo config, the reference
+tables as ``results/tables`` and ``.venv`` = the venv running the tests), as written, except where
+the real thing is a long run or a server:
+
+* ``make <target>`` runs as ``make -n <target>`` (the two commands are what a fresh clone runs);
+* a ``snakemake`` run becomes its dry run (``-n``, core counts dropped): the DAG, config
+  validation and targets are checked, no job runs;
+* commands in ``HELP_ONLY`` are checked against their ``--help``: the program and subcommand exist
+  and accept every option the README uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from workflow_helpers import ROOT, VENV_BIN, working_copy
+
+pytestmark = pytest.mark.slow
+
+#: command prefix -> why it is only checked against its --help
+HELP_ONLY = {
+    "mlflow ui": "a web server that runs until stopped",
+    "defectbench compare --source mlflow": "reads the MLflow store of a finished run",
+}
+SHELL_FENCES = ("bash", "sh", "shell", "console")
+CONFIG_USAGE = re.compile(r"^#\s+((?:snakemake|defectbench)\s[^(]*?)\s*(?:\(.*)?$")
+
+
+@dataclass(frozen=True)
+class Documented:
+    where: str      # file:line
+    command: str    # the command as documented (no comment)
+    comment: str    # its trailing comment, if any
+
+
+def readme_commands(readme: Path = ROOT / "README.md") -> list[Documented]:
+    """Every command line of the README's shell code blocks (``\\`` continuations joined)."""
+    out, fence, pending, start = [], None, "", 0
+    for n, line in enumerate(readme.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            fence = None if fence is not None else line[3:].strip()
+            continue
+        if fence not in SHELL_FENCES or not line.strip():
+            continue
+        if not pending:
+            start = n
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        text, pending = pending + line, ""
+        command, _, comment = text.partition(" #")
+        out.append(Documented(f"README.md:{start}", command.strip(), comment.strip()))
+    return out
+
+
+def config_commands() -> list[Documented]:
+    """The usage lines (``#   snakemake ...``) at the top of every config file."""
+    out = []
+    for path in sorted((ROOT / "config").rglob("*.yaml")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.startswith("#"):
+                break
+            if m := CONFIG_USAGE.match(line):
+                out.append(Documented(f"{path.relative_to(ROOT)}:{n}", m.group(1), ""))
+    return out
+
+
+DOCUMENTED = readme_commands() + config_commands()
+
+
+def as_run_here(command: str) -> tuple[str, str | None]:
+    """(shell command to run, HELP_ONLY reason or None) for one documented command."""
+    for prefix, reason in HELP_ONLY.items():
+        if command.startswith(prefix):
+            return command, reason
+    parts = []
+    for part in command.split(" && "):
+        words = shlex.split(part)
+        if words[0] == "make":
+            part = shlex.join(["make", "-n", *words[1:]])
+        elif words[0] == "snakemake":
+            part = shlex.join(["snakemake", "-n", *_without_dry_run_noise(words[1:])])
+        parts.append(part)
+    return " && ".join(parts), None
+
+
+def _without_dry_run_noise(args: list[str]) -> list[str]:
+    """Snakemake arguments minus the dry-run flag and the core/thread counts (no job runs)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--cores", "-c", "--max-threads"):
+            skip = True
+        elif arg not in ("-n", "--dry-run", "--dryrun"):
+            out.append(arg)
+    return out
+
+
+def test_documented_commands_are_found():
+    """The extraction itself: both blocks of the README and the broken shared-data line are seen."""
+    commands = [d.command for d in DOCUMENTED]
+    assert "make demo" in commands and "make test" in commands
+    assert "snakemake -n --configfile my.yaml" in commands
+    assert any(d.where.startswith("config/shared-data.yaml") for d in DOCUMENTED)
+    assert all(d.command and "#" not in d.command for d in DOCUMENTED)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    project = working_copy(tmp_path_factory.mktemp("readme"))
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(ROOT / name, project / name)
+    shutil.copy2(ROOT / "config" / "config.yaml", project / "my.yaml")
+    shutil.copytree(ROOT / "results" / "reference" / "tables", project / "results" / "tables")
+    (project / ".venv").symlink_to(VENV_BIN.parent)
+    return project
+
+
+def _run(project: Path, command: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _runs() -> list:
+    """One run per distinct command as run here (a README line and a config header may agree)."""
+    runs: dict[tuple[str, str | None], list[Documented]] = {}
+    for doc in DOCUMENTED:
+        runs.setdefault(as_run_here(doc.command), []).append(doc)
+    return [pytest.param(command, reason, docs, id=command) for (command, reason), docs in runs.items()]
+
+
+@pytest.mark.parametrize("command,help_reason,docs", _runs())
+def test_documented_command_runs(project, command, help_reason, docs):
+    where = ", ".join(d.where for d in docs)
+    if help_reason:
+        words = shlex.split(command)
+        program = [w for w in words[:2] if not w.startswith("-")]
+        proc = _run(project, shlex.join([*program, "--help"]))
+        assert proc.returncode == 0, f"{where}: `{shlex.join(program)} --help` failed: {proc.stderr[-2000:]}"
+        for option in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert option in proc.stdout, f"{where}: {shlex.join(program)} has no option {option} ({help_reason})"
+        return
+    proc = _run(project, command)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{where}: `{command}` failed ({proc.returncode}):\n{out[-3000:]}"
+    if any("why" in d.comment for d in docs):  # "what would run, and why": every planned job says its reason
+        assert out.count("reason:") >= out.count("\nrule ") > 0, f"{where}: `{command}` printed no reasons"
