@@ -31,18 +31,18 @@ sys.path.insert(0, str(SAMPLE))
 from make_sample import ARCHIVES as FULL_ARCHIVE_SHA256  # noqa: E402  (the sample's cutter knows the archives)
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+def skip_unless_ci(reason: str) -> None:
+    """Skip with a one-line ``reason``; under ``CI`` (set, not 0/false) fail instead: CI runs every test."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason}: under CI=true no test may skip", pytrace=False)
+    pytest.skip(reason)
 
 
 def full_archive(name: str) -> Path:
-    """``../shared/data/<name>``; where it is absent the test skips with one line, or fails under CI."""
+    """``../shared/data/<name>``; where it is absent the test skips (fails under CI)."""
     path = FULL_ARCHIVES / name
     if not path.is_file():
-        reason = f"needs the full archive {path} (absent here; tests/data/README.md)"
-        if in_ci():
-            pytest.fail(f"{reason}: under CI=true no test may skip", pytrace=False)
-        pytest.skip(reason)
+        skip_unless_ci(f"needs the full archive {path} (absent here; tests/data/README.md)")
     return path
 
 
