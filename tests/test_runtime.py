@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from defectbench.data.extract import safe_extract
 from defectbench.data.layouts import scan_deeppcb
@@ -62,7 +63,9 @@ def test_outputs_honour_the_umask(tmp_path, umask, deeppcb_root):
         np.save(tmp, np.zeros(3))
     with atomic_dir(tmp_path / "out" / "model") as tmp:
         (tmp / "weights.bin").write_bytes(b"w")
-    for name in ("metrics.json", "table.parquet", "encoder.pt", "cache.npy", "model/weights.bin"):
+        save_file({"w": torch.zeros(2)}, tmp / "model.safetensors")  # safetensors itself writes 0600
+    for name in ("metrics.json", "table.parquet", "encoder.pt", "cache.npy", "model/weights.bin",
+                 "model/model.safetensors"):
         assert _mode(tmp_path / "out" / name) == file_mode, name
     assert _mode(tmp_path / "out" / "model") == dir_mode
 
