@@ -2,9 +2,11 @@
 config/*.yaml, so the documentation cannot rot (Snakemake 9 dropped ``-r``; a target written after
 ``--configfile`` is read as a config file).
 
-Each command runs in a temporary working copy (with ``my.yaml`` = the demo config, the reference
-tables as ``results/tables`` and ``.venv`` = the venv running the tests), as written, except where
-the real thing is a long run or a server:
+The commands of one block run in order (a later one may use what an earlier one wrote), in a
+temporary working copy with what the README assumes to exist: ``my.yaml`` = the demo config,
+``path/to/my-parts`` = a folder of real images (the NEU sample, one folder per class), the reference
+tables as ``results/tables`` and ``.venv`` = the venv running the tests. Each runs as written,
+except where the real thing is a long run or a server:
 
 * ``make <target>`` runs as ``make -n <target>`` (the two commands are what a fresh clone runs);
 * a ``snakemake`` run becomes its dry run (``-n``, core counts dropped): the DAG, config
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SAMPLE
 from workflow_helpers import ROOT, VENV_BIN, working_copy
 
 pytestmark = pytest.mark.slow
@@ -45,12 +48,14 @@ class Documented:
     comment: str    # its trailing comment, if any
 
 
-def readme_commands(readme: Path = ROOT / "README.md") -> list[Documented]:
-    """Every command line of the README's shell code blocks (``\\`` continuations joined)."""
-    out, fence, pending, start = [], None, "", 0
+def readme_blocks(readme: Path = ROOT / "README.md") -> list[list[Documented]]:
+    """The command lines of each shell code block of the README (``\\`` continuations joined)."""
+    blocks, fence, pending, start = [], None, "", 0
     for n, line in enumerate(readme.read_text().splitlines(), 1):
         if line.startswith("```"):
             fence = None if fence is not None else line[3:].strip()
+            if fence in SHELL_FENCES:
+                blocks.append([])
             continue
         if fence not in SHELL_FENCES or not line.strip():
             continue
@@ -61,8 +66,8 @@ def readme_commands(readme: Path = ROOT / "README.md") -> list[Documented]:
             continue
         text, pending = pending + line, ""
         command, _, comment = text.partition(" #")
-        out.append(Documented(f"README.md:{start}", command.strip(), comment.strip()))
-    return out
+        blocks[-1].append(Documented(f"README.md:{start}", command.strip(), comment.strip()))
+    return [b for b in blocks if b]
 
 
 def config_commands() -> list[Documented]:
@@ -75,9 +80,6 @@ def config_commands() -> list[Documented]:
             if m := CONFIG_USAGE.match(line):
                 out.append(Documented(f"{path.relative_to(ROOT)}:{n}", m.group(1), ""))
     return out
-
-
-DOCUMENTED = readme_commands() + config_commands()
 
 
 def as_run_here(command: str) -> tuple[str, str | None]:
@@ -109,13 +111,23 @@ def _without_dry_run_noise(args: list[str]) -> list[str]:
     return out
 
 
+def documented_blocks() -> list[list[Documented]]:
+    """README blocks, then each config usage line the README does not already run (as run here)."""
+    blocks = readme_blocks()
+    in_readme = {as_run_here(d.command) for block in blocks for d in block}
+    return blocks + [[d] for d in config_commands() if as_run_here(d.command) not in in_readme]
+
+
+BLOCKS = documented_blocks()
+
+
 def test_documented_commands_are_found():
     """The extraction itself: both blocks of the README and the broken shared-data line are seen."""
-    commands = [d.command for d in DOCUMENTED]
-    assert "make demo" in commands and "make test" in commands
+    commands = [d.command for block in BLOCKS for d in block]
+    assert ["make demo", "make test"] == [d.command for d in BLOCKS[0]]
     assert "snakemake -n --configfile my.yaml" in commands
-    assert any(d.where.startswith("config/shared-data.yaml") for d in DOCUMENTED)
-    assert all(d.command and "#" not in d.command for d in DOCUMENTED)
+    assert any(d.where.startswith("config/shared-data.yaml") for block in BLOCKS for d in block)
+    assert all(d.command and "#" not in d.command for block in BLOCKS for d in block)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +136,7 @@ def project(tmp_path_factory) -> Path:
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(ROOT / name, project / name)
     shutil.copy2(ROOT / "config" / "config.yaml", project / "my.yaml")
+    shutil.copytree(SAMPLE / "neu-steel", project / "path" / "to" / "my-parts")
     shutil.copytree(ROOT / "results" / "reference" / "tables", project / "results" / "tables")
     (project / ".venv").symlink_to(VENV_BIN.parent)
     return project
@@ -136,27 +149,24 @@ def _run(project: Path, command: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def _runs() -> list:
-    """One run per distinct command as run here (a README line and a config header may agree)."""
-    runs: dict[tuple[str, str | None], list[Documented]] = {}
-    for doc in DOCUMENTED:
-        runs.setdefault(as_run_here(doc.command), []).append(doc)
-    return [pytest.param(command, reason, docs, id=command) for (command, reason), docs in runs.items()]
+def _check_help(project: Path, doc: Documented, command: str, reason: str) -> None:
+    words = shlex.split(command)
+    program = [w for w in words[:2] if not w.startswith("-")]
+    proc = _run(project, shlex.join([*program, "--help"]))
+    assert proc.returncode == 0, f"{doc.where}: `{shlex.join(program)} --help` failed: {proc.stderr[-2000:]}"
+    for option in (w.split("=")[0] for w in words if w.startswith("--")):
+        assert option in proc.stdout, f"{doc.where}: {shlex.join(program)} has no option {option} ({reason})"
 
 
-@pytest.mark.parametrize("command,help_reason,docs", _runs())
-def test_documented_command_runs(project, command, help_reason, docs):
-    where = ", ".join(d.where for d in docs)
-    if help_reason:
-        words = shlex.split(command)
-        program = [w for w in words[:2] if not w.startswith("-")]
-        proc = _run(project, shlex.join([*program, "--help"]))
-        assert proc.returncode == 0, f"{where}: `{shlex.join(program)} --help` failed: {proc.stderr[-2000:]}"
-        for option in (w.split("=")[0] for w in words if w.startswith("--")):
-            assert option in proc.stdout, f"{where}: {shlex.join(program)} has no option {option} ({help_reason})"
-        return
-    proc = _run(project, command)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{where}: `{command}` failed ({proc.returncode}):\n{out[-3000:]}"
-    if any("why" in d.comment for d in docs):  # "what would run, and why": every planned job says its reason
-        assert out.count("reason:") >= out.count("\nrule ") > 0, f"{where}: `{command}` printed no reasons"
+@pytest.mark.parametrize("block", [pytest.param(b, id=f"{b[0].where} {b[0].command}") for b in BLOCKS])
+def test_documented_block_runs(project, block):
+    for doc in block:
+        command, help_reason = as_run_here(doc.command)
+        if help_reason:
+            _check_help(project, doc, command, help_reason)
+            continue
+        proc = _run(project, command)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{doc.where}: `{command}` failed ({proc.returncode}):\n{out[-3000:]}"
+        if "why" in doc.comment:  # "what would run, and why": every planned job says its reason
+            assert out.count("reason:") >= out.count("\nrule ") > 0, f"{doc.where}: `{command}` printed no reasons"
