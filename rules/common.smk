@@ -192,8 +192,10 @@ def diffusion_targets():
 
 
 # ----------------------------------------------------------------- probe stage (probe.smk)
-def probe_methods():
-    return contrastive_methods() + (["pretrained"] if config["probe"]["include_pretrained"] else [])
+# Feature sources that need no training (defectbench.features.CONTROL_SOURCES): table rows
+# beside the methods, produced by the same rules.
+CONTROLS = ("random", "pretrained")
+LABEL_PCTS = [pct(f) for f in sorted(config["label_fractions"])]
 
 
 def probe_inputs(wildcards):
@@ -203,23 +205,23 @@ def probe_inputs(wildcards):
         "split": f"results/data/{ds}/splits/classification-seed{wildcards.seed}.parquet",
         "manifest": f"results/data/{ds}/manifest.parquet",
     }
-    if wildcards.method != "pretrained":
-        out["encoder"] = (
-            f"results/pretrain/{wildcards.method}/{ds}/classification/{wildcards.backbone}/seed{wildcards.seed}/encoder.pt"
-        )
+    if wildcards.method not in CONTROLS:
+        job = f"results/pretrain/{wildcards.method}/{ds}/classification/{wildcards.backbone}/seed{wildcards.seed}"
+        out["encoder"] = f"{job}/encoder.pt"
+        out["pretrain_metrics"] = f"{job}/metrics.json"
     return out
 
 
 @register_targets
 def probe_targets():
-    return expand(
-        "results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json",
-        method=probe_methods(),
-        dataset=datasets_with("classification"),
-        backbone=BACKBONES,
-        seed=SEEDS,
-        pct=[pct(f) for f in config["label_fractions"]],
-    )
+    """Every label fraction of every (method or control) x dataset x backbone x seed."""
+    pattern = "results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json"
+    grid = dict(dataset=datasets_with("classification"), seed=SEEDS, pct=LABEL_PCTS)
+    controls = config["probe"]["controls"]
+    out = expand(pattern, method=contrastive_methods() + [c for c in controls if c == "random"], backbone=BACKBONES, **grid)
+    if "pretrained" in controls:
+        out += expand(pattern, method="pretrained", backbone=config["probe"]["pretrained_backbones"] or BACKBONES, **grid)
+    return out
 
 
 # ----------------------------------------------------------------- anomaly stage (anomaly.smk)
@@ -235,7 +237,7 @@ def anomaly_feature_inputs(wildcards):
         "cache": f"results/data/{ds}/cache-{image_size(ds)}.npy",
         "split": f"results/data/{ds}/splits/anomaly-seed{wildcards.seed}.parquet",
     }
-    if wildcards.features != "pretrained":
+    if wildcards.features not in CONTROLS:
         out["encoder"] = (
             f"results/pretrain/{wildcards.features}/{ds}/anomaly/{wildcards.backbone}/seed{wildcards.seed}/encoder.pt"
         )

@@ -6,10 +6,10 @@
 
 FETCH_KEYS = ["source"]
 MANIFEST_KEYS = FETCH_KEYS + [
-    "layout", "category", "max_per_class", "crop_padding", "templates", "classes", "nominal_classes",
-    "labels_file", "bit_depth", "alpha_background",
+    "layout", "category", "max_per_class", "max_nominal", "max_defective", "crop_padding", "templates", "classes",
+    "nominal_classes", "labels_file", "bit_depth", "alpha_background",
 ]
-SPLIT_KEYS = ["test_fraction", "holdout_fraction", "official_split"]
+SPLIT_KEYS = ["test_fraction", "holdout_fraction", "official_split", "max_train_nominal"]
 # Pixel scaling comes from the manifest's pixel_scale column; these shape the cached squares.
 CACHE_KEYS = ["alpha_background", "resize", "resize_to"]
 

@@ -83,12 +83,20 @@ def _check_package_weights(config: dict) -> None:
         ("contrastive.pretrained", section("contrastive").get("pretrained"), backbones),
         ("supervised.pretrained", section("supervised").get("pretrained"), backbones),
         ("probe.pretrained", section("probe").get("pretrained"),
-         backbones if section("probe").get("include_pretrained") else []),
+         (section("probe").get("pretrained_backbones") or backbones)
+         if "pretrained" in (section("probe").get("controls") or []) else []),
         ("anomaly.pretrained", section("anomaly").get("pretrained"),
          backbones if "pretrained" in (section("anomaly").get("features") or []) else []),
         ("patchcore.pretrained", section("patchcore").get("pretrained"), [section("patchcore").get("backbone")]),
         ("ddad.pretrained", section("ddad").get("pretrained"), [section("ddad").get("feature_backbone")]),
     ]
+    for key, sources in (("probe.controls", section("probe").get("controls")),
+                         ("anomaly.features", section("anomaly").get("features"))):
+        weights_key = key.split(".")[0] + ".pretrained"
+        if "pretrained" in (sources or []) and section(key.split(".")[0]).get("pretrained", "none") == "none":
+            raise DefectbenchError(
+                f"config key {key}: 'pretrained' needs weights, but {weights_key} is none (that is the 'random' "
+                f"control); list 'random' instead, or set {weights_key}")
     for key, weights, used_with in uses:
         wrong = [b for b in used_with if b and b != "efficientnet_lite0"]
         if weights == "package" and wrong:

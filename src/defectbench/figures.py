@@ -462,8 +462,9 @@ def _classifier_for(res: _Results, row: Mapping[str, Any]) -> "torch.nn.Module |
         encoder_path, head = job / "model.pt", load_torch(job / "model.pt").get("head")
     elif (job / "probe.pt").exists():
         head = load_torch(job / "probe.pt")
-        encoder_path = (res.root / "results" / "pretrain" / str(row["method"]) / str(row["dataset"]) / "classification"
-                        / str(row["backbone"]) / f"seed{int(row['seed'])}" / "encoder.pt")
+        if not head.get("encoder"):  # a control (random / pretrained backbone): no encoder file
+            return None
+        encoder_path = res.root / str(head["encoder"])
     else:
         return None
     if not head or "weight" not in head or not encoder_path.exists():

@@ -385,7 +385,8 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
                                    quantile=float(cfg.get("threshold_quantile", 0.95)),
                                    maps=maybe_crop(test_maps), masks=maybe_crop(masks),
                                    pro_mode=mcfg.get("pro_mode", "standard"),
-                                   fpr_limit=float(mcfg.get("pro_fpr_limit", 0.3)))
+                                   fpr_limit=float(mcfg.get("pro_fpr_limit", 0.3)),
+                                   test_types=test_rows["label_name"].to_numpy())
     keep = _map_sample(labels)
     map_index = np.full(len(test_rows), -1)
     map_index[keep] = np.arange(len(keep))

@@ -64,6 +64,18 @@ VIEW_KEYS = {"real_prob", "variant", "use_views"}
 DIFFCL_VARIANTS = ("views", "adainf")
 
 
+def method_label(method: str, with_views: bool, loss_params: dict[str, Any]) -> str:
+    """The name of what ran: ``eps_supinfonce`` for ``fairkl`` whose FairKL term is off (no
+    generated views to take bias labels from, or ``weight`` 0), else ``method``.
+
+    >>> method_label("fairkl", False, {"weight": 1.0}), method_label("fairkl", True, {"weight": 1.0})
+    ('eps_supinfonce', 'fairkl')
+    """
+    if method == "fairkl" and (not with_views or float(loss_params.get("weight", 1.0)) == 0.0):
+        return "eps_supinfonce"
+    return method
+
+
 def uses_views(method: str, ccfg: dict[str, Any]) -> bool:
     """Whether ``method`` reads the diffusion views file (diffcl always; fairkl when use_views)."""
     return method == "diffcl" or (method == "fairkl" and bool(method_params(method, ccfg).get("use_views", False)))
@@ -266,7 +278,8 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
         metrics_path, stage="pretraining",
         metrics={"final_loss": float(history["loss"].iloc[-1]), "images_per_s": images_seen / max(seconds, 1e-9),
                  "train_seconds": seconds, "epochs": epochs, "train_images": n, "batch_size": batch_size},
-        config=cfg, keys={"dataset": dataset, "method": method, "backbone": backbone, "seed": seed, "task": task},
+        config=cfg, keys={"dataset": dataset, "method": method_label(method, needs_views, kwargs), "backbone": backbone,
+                          "seed": seed, "task": task},
         device=str(device), wall_time_s=time.perf_counter() - t_start,
         extra={"amp": amp, "channels_last": channels_last, "augment_preset": preset, "augment": aug.as_dict(),
                "loss_params": kwargs, "diffcl_variant": variant if method == "diffcl" else None,
