@@ -75,6 +75,7 @@ def test_broken_yaml_is_one_line(tmp_path):
     ({"anomaly": {"features": ["simclr", "pretrained"], "pretrained": "package"}}, "anomaly.pretrained"),
     ({"patchcore": {"backbone": "resnet18", "pretrained": "package"}}, "patchcore.pretrained"),
     ({"contrastive": {"pretrained": "package"}}, "contrastive.pretrained"),
+    ({"probe": {"controls": ["random", "pretrained"], "pretrained": "package"}}, "probe.pretrained"),
 ])
 def test_package_weights_only_with_efficientnet(patch, key):
     cfg = copy.deepcopy(MINIMAL)
@@ -87,3 +88,16 @@ def test_package_weights_only_with_efficientnet(patch, key):
     if "patchcore" in patch:
         cfg["patchcore"]["backbone"] = "efficientnet_lite0"
     validate_config(cfg, SCHEMA_PATH)
+
+
+def test_pretrained_control_needs_weights_and_may_use_its_own_backbone():
+    cfg = copy.deepcopy(MINIMAL)
+    cfg["backbones"] = ["resnet18"]
+    cfg["probe"] = {"controls": ["random", "pretrained"]}
+    with pytest.raises(DefectbenchError, match=r"^config key probe.controls: 'pretrained' needs weights, but probe.pretrained is none"):
+        validate_config(copy.deepcopy(cfg), SCHEMA_PATH)
+    cfg["probe"].update(pretrained="package", pretrained_backbones=["efficientnet_lite0"])
+    out = validate_config(copy.deepcopy(cfg), SCHEMA_PATH)
+    assert out["probe"]["kind"] == "logistic" and out["supervised"]["augment"] == {"preset": "light"}
+    with pytest.raises(DefectbenchError, match=r"^config key anomaly.features: 'pretrained' needs weights"):
+        validate_config({**copy.deepcopy(MINIMAL), "anomaly": {"features": ["random", "pretrained"]}}, SCHEMA_PATH)
