@@ -1,5 +1,6 @@
-# Report stage: aggregate (tables + published-vs-ours comparisons), track (the only MLflow
-# writer), figures. Library: defectbench.tables, defectbench.tracking, defectbench.figures.
+# Report stage: aggregate (tables + published-vs-ours comparisons + the claims table), track (the
+# only MLflow writer), figures. Library: defectbench.tables, defectbench.claims,
+# defectbench.tracking, defectbench.figures.
 #
 # The stage inputs are every other stage's registered metrics.json (all_targets() minus the
 # outputs of this stage), evaluated lazily so every rule file has registered its targets first.
@@ -12,10 +13,12 @@ rule aggregate:
     input:
         metrics=stage_metrics,
         published=PUBLISHED_CSVS,
+        claims=[CLAIMS_FILE] if CLAIMS_FILE else [],
     output:
         tables=expand("results/tables/{name}.parquet", name=TABLE_NAMES),
         markdown=expand("results/tables/{name}.md", name=TABLE_NAMES),
         html=[_table_report(n) for n in TABLE_NAMES],
+        claims=CLAIMS_OUTPUTS,
     params:
         cfg=config_slice("report"),
         paper_datasets=paper_datasets(),

@@ -20,8 +20,20 @@ def paper_datasets():
     return {name: entry.get("paper_dataset") for name, entry in DATASETS.items()}
 
 
+def claims_file():
+    """config report.claims (resolved like report.published), or None."""
+    if not config["report"]["claims"]:
+        return None
+    path = Path(config["report"]["claims"])
+    if not path.is_absolute() and not path.exists():
+        path = Path(workflow.basedir) / path
+    return str(path)
+
+
 # Only published files with a row for a configured paper_dataset give a comparison table.
 PUBLISHED_CSVS = [str(p) for p in comparison_csvs(published_dir().glob("*.csv"), paper_datasets())]
+CLAIMS_FILE = claims_file()
+CLAIMS_OUTPUTS = [f"results/tables/claims.{ext}" for ext in ("parquet", "md", "html")] if CLAIMS_FILE else []
 PUBLISHED_NAMES = [Path(p).stem for p in PUBLISHED_CSVS]
 TABLE_NAMES = STAGE_TABLES + [f"comparison_{n}" for n in PUBLISHED_NAMES]
 FIGURES_DIR = "results/figures"
@@ -48,7 +60,7 @@ def _table_report(name):
 @register_targets
 def report_targets():
     """Final outputs of the report stage: tables, comparisons, figures, MLflow sentinel."""
-    out = [f"results/tables/{n}.{ext}" for n in TABLE_NAMES for ext in ("parquet", "md", "html")]
+    out = [f"results/tables/{n}.{ext}" for n in TABLE_NAMES for ext in ("parquet", "md", "html")] + CLAIMS_OUTPUTS
     if config["report"]["figures"]:
         out.append(FIGURES_DIR)
     out.append(TRACK_SENTINEL)

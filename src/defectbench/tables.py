@@ -486,8 +486,12 @@ def render_markdown(parquet_path: str | Path) -> str:
     df = pd.read_parquet(path)
     if path.stem.startswith("comparison_"):
         return render_comparison_markdown(df, path.stem.removeprefix("comparison_"))
+    if path.stem == "claims":
+        from defectbench.claims import render_claims_markdown
+
+        return render_claims_markdown(df)
     if path.stem not in STAGES:
-        raise DefectbenchError(f"{path}: not a defectbench table (expected one of {', '.join(STAGES)} or comparison_*)")
+        raise DefectbenchError(f"{path}: not a defectbench table (expected one of {', '.join(STAGES)}, claims or comparison_*)")
     return render_stage_markdown(df, path.stem)
 
 
@@ -524,7 +528,7 @@ def regenerate_markdown(tables_dir: str | Path) -> dict[str, Path]:
     tables_dir = Path(tables_dir)
     written: dict[str, Path] = {}
     for parquet in sorted(tables_dir.glob("*.parquet")):
-        if parquet.stem not in STAGES and not parquet.stem.startswith("comparison_"):
+        if parquet.stem not in STAGES and parquet.stem != "claims" and not parquet.stem.startswith("comparison_"):
             continue
         md = parquet.with_suffix(".md")
         text = render_markdown(parquet)

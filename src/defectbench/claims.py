@@ -1,0 +1,255 @@
+"""Verdicts computed, not written: the papers' claims evaluated on our tables.
+
+``config/published/claims.yaml`` lists each claim of a paper as data: which table, dataset(s),
+metric and direction, the method that is claimed better, the baseline it is claimed better than,
+and the control the method must beat first (the same encoder family at random init, say).
+:func:`evaluate_claims` turns every (claim, dataset) into one row of ``claims.parquet`` (and
+``claims.md``) with a verdict and the numbers behind it.
+
+The rule (``RULE``), for one claim on one dataset:
+
+1. Rows: the stage table's rows of that dataset with protocol ``clean`` (unless the claim's
+   ``where`` says otherwise), filtered by ``where`` and then by each side's own filters
+   (a side's filter overrides ``where`` for the same column). Per seed, a side's value is the
+   mean of its matching rows.
+2. Paired over seeds: d_s = s · (method_s − baseline_s), s = +1 for ``direction: higher``,
+   −1 for ``lower``, over the seeds both sides ran. With n ≥ 2 pairs, the one-sided 95%
+   Student-t bounds are mean(d) ∓ t(0.95, n−1) · sd(d) / √n.
+3. Control first: the same paired bound for method vs control. If the claim names a control and
+   the method does not beat it (lower bound ≤ 0), or the control did not run, the claim is
+   **not testable**: the method's features are no better than untrained ones at this budget, so
+   ranking it against the baseline says nothing about the method.
+4. Otherwise **holds** when the lower bound of d is above 0, else **does not hold** (the reason
+   says whether the opposite is significant: upper bound below 0).
+5. Missing method or baseline rows, or fewer than 2 paired seeds: **not testable**, saying why.
+
+>>> import pandas as pd
+>>> t = pd.DataFrame({"dataset": "neu", "protocol": "clean", "seed": [0, 1, 2] * 3,
+...                   "method": ["a"] * 3 + ["b"] * 3 + ["random"] * 3,
+...                   "accuracy": [.9, .8, .85, .7, .65, .72, .3, .35, .3]})
+>>> c = {"id": "x", "paper": "p", "claim": "a beats b", "table": "classification", "datasets": ["neu"],
+...      "metric": "accuracy", "direction": "higher", "method": {"method": "a"}, "baseline": {"method": "b"},
+...      "control": {"method": "random"}}
+>>> evaluate_claim(c, "neu", t)["verdict"]
+'holds'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from defectbench.runtime import DefectbenchError, write_parquet
+
+log = logging.getLogger("defectbench")
+
+RULE = ("paired over seeds: d = method − baseline (sign by direction); holds if the one-sided 95% Student-t lower "
+        "bound of mean(d) is > 0; not testable if the method does not beat its control by the same rule, or < 2 "
+        "paired seeds")
+CLAIM_KEYS = {"id", "paper", "claim", "table", "datasets", "metric", "direction", "method", "baseline", "control",
+              "where", "note"}
+REQUIRED_KEYS = {"id", "paper", "claim", "table", "datasets", "metric", "direction", "method", "baseline"}
+VERDICTS = ("holds", "does not hold", "not testable")
+CLAIM_COLUMNS = [
+    "claim_id", "paper", "claim", "table", "dataset", "metric", "direction", "method", "baseline", "control",
+    "n_seeds", "method_mean", "baseline_mean", "control_mean", "diff_mean", "diff_sd", "diff_lower", "diff_upper",
+    "control_diff_mean", "control_diff_lower", "verdict", "reason", "note",
+]
+_FLOAT_COLUMNS = {"method_mean", "baseline_mean", "control_mean", "diff_mean", "diff_sd", "diff_lower", "diff_upper",
+                  "control_diff_mean", "control_diff_lower"}
+
+
+def load_claims(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check a claims YAML file (a ``claims:`` list; keys ``CLAIM_KEYS``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise DefectbenchError(f"{path}: claims file not found (report.claims)") from None
+    except yaml.YAMLError as exc:
+        raise DefectbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    claims = doc.get("claims") if isinstance(doc, dict) else None
+    if not isinstance(claims, list):
+        raise DefectbenchError(f"{path}: expected a top-level 'claims:' list")
+    seen: set[str] = set()
+    for i, c in enumerate(claims):
+        where = f"{path}: claim {c.get('id', i + 1) if isinstance(c, dict) else i + 1}"
+        if not isinstance(c, dict):
+            raise DefectbenchError(f"{where}: must be a mapping")
+        unknown, missing = sorted(set(c) - CLAIM_KEYS), sorted(REQUIRED_KEYS - set(c))
+        if unknown or missing:
+            raise DefectbenchError(f"{where}: " + "; ".join(
+                ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) +
+                ([f"missing key(s) {', '.join(missing)}"] if missing else [])) + f"; keys are {', '.join(sorted(CLAIM_KEYS))}")
+        if c["id"] in seen:
+            raise DefectbenchError(f"{where}: duplicate id")
+        seen.add(c["id"])
+        if c["direction"] not in ("higher", "lower"):
+            raise DefectbenchError(f"{where}: direction {c['direction']!r}; use higher or lower")
+        if not isinstance(c["datasets"], list) or not c["datasets"]:
+            raise DefectbenchError(f"{where}: datasets must be a non-empty list")
+        for side in ("method", "baseline", "control", "where"):
+            if c.get(side) is not None and not isinstance(c[side], dict):
+                raise DefectbenchError(f"{where}: {side} must be a mapping of column: value")
+    return claims
+
+
+def _side_values(table: pd.DataFrame, dataset: str, metric: str, filters: Mapping[str, Any]) -> pd.Series:
+    """Per-seed mean of ``metric`` over the rows of ``dataset`` matching ``filters`` (column == value)."""
+    rows = table[table["dataset"].astype("string") == dataset]
+    for col, want in filters.items():
+        if col not in rows.columns:
+            return pd.Series(dtype=float)
+        if isinstance(want, (int, float)) and not isinstance(want, bool):
+            hit = pd.to_numeric(rows[col], errors="coerce") == float(want)
+        else:
+            hit = rows[col].astype("string") == str(want)
+        rows = rows[hit.fillna(False).astype(bool)]
+    if metric not in rows.columns:
+        return pd.Series(dtype=float)
+    vals = rows[["seed", metric]].dropna()
+    return vals.groupby(vals["seed"].astype(int))[metric].mean()
+
+
+def paired_bounds(a: pd.Series, b: pd.Series, sign: float) -> tuple[int, float, float, float, float]:
+    """(n, mean, sd, lower, upper) of d = sign · (a − b) over the seeds in both; one-sided 95%
+    Student-t bounds (NaN below 2 pairs).
+
+    >>> n, mean, sd, lo, hi = paired_bounds(pd.Series([3.0, 4.0, 5.0]), pd.Series([1.0, 1.0, 2.0]), 1.0)
+    >>> n, round(mean, 4), round(sd, 4), round(lo, 4)  # 2.6667 - 2.92 * 0.5774 / sqrt(3)
+    (3, 2.6667, 0.5774, 1.6933)
+    """
+    from scipy.stats import t as student_t
+
+    seeds = a.index.intersection(b.index)
+    d = sign * (a.loc[seeds].to_numpy(dtype=float) - b.loc[seeds].to_numpy(dtype=float))
+    n = len(d)
+    if n == 0:
+        return 0, math.nan, math.nan, math.nan, math.nan
+    mean = float(d.mean())
+    if n < 2:
+        return n, mean, math.nan, math.nan, math.nan
+    sd = float(d.std(ddof=1))
+    half = float(student_t.ppf(0.95, n - 1)) * sd / math.sqrt(n)
+    return n, mean, sd, mean - half, mean + half
+
+
+def _describe(filters: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (filters or {}).items())
+
+
+def evaluate_claim(claim: Mapping[str, Any], dataset: str, table: pd.DataFrame) -> dict[str, Any]:
+    """One row of the claims table (module docstring: the rule)."""
+    where = {"protocol": "clean", **(claim.get("where") or {})}
+    sign = 1.0 if claim["direction"] == "higher" else -1.0
+    metric = claim["metric"]
+
+    def side(name: str) -> pd.Series:
+        return _side_values(table, dataset, metric, {**where, **claim[name]})
+
+    method, baseline = side("method"), side("baseline")
+    control_spec = claim.get("control")
+    control = side("control") if control_spec else pd.Series(dtype=float)
+    n, mean, sd, lower, upper = paired_bounds(method, baseline, sign)
+    c_n, c_mean, _, c_lower, _ = paired_bounds(method, control, sign) if control_spec else (0, math.nan, 0, math.nan, 0)
+    row = {
+        "claim_id": claim["id"], "paper": claim["paper"], "claim": claim["claim"], "table": claim["table"],
+        "dataset": dataset, "metric": metric, "direction": claim["direction"],
+        "method": _describe(claim["method"]), "baseline": _describe(claim["baseline"]),
+        "control": _describe(control_spec), "n_seeds": n,
+        "method_mean": float(method.mean()) if len(method) else math.nan,
+        "baseline_mean": float(baseline.mean()) if len(baseline) else math.nan,
+        "control_mean": float(control.mean()) if len(control) else math.nan,
+        "diff_mean": mean, "diff_sd": sd, "diff_lower": lower, "diff_upper": upper,
+        "control_diff_mean": c_mean, "control_diff_lower": c_lower, "note": claim.get("note", ""),
+    }
+    if method.empty or baseline.empty:
+        missing = " and ".join(s for s, v in (("method", method), ("baseline", baseline)) if v.empty)
+        return {**row, "verdict": "not testable", "reason": f"no {missing} rows with {metric} in this run"}
+    if n < 2:
+        return {**row, "verdict": "not testable", "reason": f"{n} paired seed(s); the rule needs at least 2"}
+    if control_spec:
+        if control.empty or c_n < 2:
+            return {**row, "verdict": "not testable", "reason": "the control did not run on at least 2 of the method's seeds"}
+        if not c_lower > 0:
+            return {**row, "verdict": "not testable",
+                    "reason": f"the method does not beat its control (lower bound {c_lower:+.4f} ≤ 0)"}
+    if lower > 0:
+        return {**row, "verdict": "holds", "reason": f"lower bound {lower:+.4f} > 0"}
+    opposite = "; the opposite holds (upper bound < 0)" if upper < 0 else ""
+    return {**row, "verdict": "does not hold", "reason": f"lower bound {lower:+.4f} ≤ 0{opposite}"}
+
+
+def evaluate_claims(claims: list[Mapping[str, Any]], tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The claims table: one row per (claim, dataset), columns ``CLAIM_COLUMNS``."""
+    rows = []
+    for claim in claims:
+        table = tables.get(claim["table"])
+        if table is None:
+            raise DefectbenchError(f"claim {claim['id']}: unknown table {claim['table']!r}; use one of {', '.join(tables)}")
+        for dataset in claim["datasets"]:
+            rows.append(evaluate_claim(claim, str(dataset), table))
+    df = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    for col in CLAIM_COLUMNS:
+        if col in _FLOAT_COLUMNS:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        elif col == "n_seeds":
+            df[col] = df[col].astype("int64")
+        else:
+            df[col] = df[col].astype("string")
+    return df
+
+
+def _num(v: float) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def render_claims_markdown(df: pd.DataFrame) -> str:
+    """``claims.md``: the rule, then one line per (claim, dataset)."""
+    intro = (
+        "# Claims of the papers, evaluated on this run\n\n"
+        "Generated from `claims.parquet` by `defectbench.claims` (do not edit). Rule: " + RULE + ". "
+        "Claims: `config/published/claims.yaml`. `Δ` = method − baseline in the claimed direction (mean over "
+        "paired seeds, with its one-sided 95% lower bound); `Δ control` = method − control.\n\n"
+    )
+    if df.empty:
+        return intro + "_No claims in this file._\n"
+    header = ["claim", "dataset", "metric", "method", "baseline", "control", "n", "method", "baseline", "control",
+              "Δ (lower bound)", "Δ control (lower bound)", "verdict", "why"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for _, r in df.iterrows():
+        cells = [r["claim"], r["dataset"], r["metric"], r["method"], r["baseline"], r["control"] or "—",
+                 str(int(r["n_seeds"])), _num(r["method_mean"]), _num(r["baseline_mean"]), _num(r["control_mean"]),
+                 f"{_num(r['diff_mean'])} ({_num(r['diff_lower'])})",
+                 f"{_num(r['control_diff_mean'])} ({_num(r['control_diff_lower'])})" if r["control"] else "—",
+                 f"**{r['verdict']}**", r["reason"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return intro + "\n".join(lines) + "\n"
+
+
+def write_claims(claims_path: str | Path, tables_dir: str | Path) -> Path:
+    """Evaluate the claims file on the stage tables of ``tables_dir``; write ``claims.parquet``,
+    ``claims.md`` and ``claims.html`` there. Returns the Parquet path."""
+    from defectbench.tables import STAGES, regenerate_markdown
+
+    tables_dir = Path(tables_dir)
+    tables = {}
+    for stage in STAGES:
+        path = tables_dir / f"{stage}.parquet"
+        if not path.is_file():
+            raise DefectbenchError(f"{path}: stage table missing; run aggregate (defectbench tables) first")
+        tables[stage] = pd.read_parquet(path)
+    df = evaluate_claims(load_claims(claims_path), tables)
+    out = tables_dir / "claims.parquet"
+    write_parquet(out, df)
+    regenerate_markdown(tables_dir)  # claims.md and claims.html, rendered from the Parquet file alone
+    counts = df["verdict"].value_counts().to_dict()
+    log.info("claims: %d row(s): %s", len(df), ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS))
+    return out
