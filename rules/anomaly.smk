@@ -1,10 +1,21 @@
 # Image-level anomaly scorers on frozen features (specs B): features of every anomaly-split image
 # are extracted once per feature source (anomaly_features) and shared by every scorer
 # (score_anomaly). Feature sources: contrastive methods pretrained on the split's nominal train
-# images (backbone = first of `backbones`), or 'pretrained' (the backbone as initialised by
-# anomaly.pretrained). Library: defectbench.anomaly.image_level.
+# images (backbone = first of `backbones`), and the controls 'random' (that backbone at random
+# init) and 'pretrained' (anomaly.pretrained weights on anomaly.pretrained_backbone, default the
+# same backbone). Library: defectbench.anomaly.image_level.
 
 ANOMALY_BACKBONE = BACKBONES[0]
+
+
+def anomaly_backbone(features):
+    """The backbone a feature source's scorers read: anomaly.pretrained_backbone for the
+    'pretrained' control when set (weights may exist for another backbone only), else the first
+    of `backbones`."""
+    if features == "pretrained" and config["anomaly"]["pretrained_backbone"]:
+        return config["anomaly"]["pretrained_backbone"]
+    return ANOMALY_BACKBONE
+
 # Keys that change the features (not the scorer list: adding a scorer must not re-extract).
 ANOMALY_FEATURE_KEYS = ["pretrained", "amp", "feature_batch_size"]
 ANOMALY_SCORER_KEYS = ["knn_k", "threshold_quantile", "refit_on_holdout", "leaky_percentile"]
@@ -33,8 +44,8 @@ rule anomaly_features:
 
 rule score_anomaly:
     input:
-        features=f"results/anomaly/features/{{features}}/{ANOMALY_BACKBONE}/{{dataset}}/seed{{seed}}/features.npz",
-        info=f"results/anomaly/features/{{features}}/{ANOMALY_BACKBONE}/{{dataset}}/seed{{seed}}/features.npz.json",
+        features=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz",
+        info=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz.json",
         split="results/data/{dataset}/splits/anomaly-seed{seed}.parquet",
     output:
         metrics="results/anomaly/{scorer}/{features}/{dataset}/seed{seed}/metrics.json",
@@ -44,7 +55,7 @@ rule score_anomaly:
         features="[a-z0-9_]+",
     params:
         cfg=config_slice(anomaly={k: config["anomaly"][k] for k in ANOMALY_SCORER_KEYS}),
-        backbone=ANOMALY_BACKBONE,
+        backbone=lambda w: anomaly_backbone(w.features),
     log:
         "logs/score_anomaly/{scorer}/{features}/{dataset}/seed{seed}.log",
     conda:

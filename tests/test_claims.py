@@ -167,3 +167,24 @@ def test_write_claims_from_metrics_files_and_markdown_regenerates(tmp_path):
     assert (out / "claims.html").read_text().startswith("<!DOCTYPE html>")
     with pytest.raises(DefectbenchError, match="stage table missing"):
         write_claims(claims_file, tmp_path / "empty")
+
+
+def test_reference_readme_leads_with_the_claims_table_once_a_run_has_one(tmp_path):
+    """Evaluated on the committed reference tables (which have no random-init control rows yet)."""
+    from defectbench import reference
+
+    committed = ROOT / "results" / "reference" / "tables"
+    assert "claims" not in reference.render_sections(committed)
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    for parquet in committed.glob("*.parquet"):
+        (tables_dir / parquet.name).write_bytes(parquet.read_bytes())
+    write_claims(ROOT / "config" / "published" / "claims.yaml", tables_dir)
+    sections = reference.render_sections(tables_dir)
+    assert list(sections)[0] == "claims"
+    df = pd.read_parquet(tables_dir / "claims.parquet")
+    # that run has no control rows: every claim that names a control is not testable
+    named = df[df["control"] != ""]
+    assert len(named) and (named["verdict"] == "not testable").all()
+    assert named["reason"].str.contains("control did not run").all()
+    assert sections["claims"] == claims_mod.claims_table_markdown(df)

@@ -219,10 +219,15 @@ def render_claims_markdown(df: pd.DataFrame) -> str:
         "Claims: `config/published/claims.yaml`. `Δ` = method − baseline in the claimed direction (mean over "
         "paired seeds, with its one-sided 95% lower bound); `Δ control` = method − control.\n\n"
     )
+    return intro + claims_table_markdown(df) + "\n"
+
+
+def claims_table_markdown(df: pd.DataFrame) -> str:
+    """The pipe table of the claims (no title): one line per (claim, dataset)."""
     if df.empty:
-        return intro + "_No claims in this file._\n"
-    header = ["claim", "dataset", "metric", "method", "baseline", "control", "n", "method", "baseline", "control",
-              "Δ (lower bound)", "Δ control (lower bound)", "verdict", "why"]
+        return "_No claims in this file._"
+    header = ["claim", "dataset", "metric", "method", "baseline", "control", "seeds", "method mean", "baseline mean",
+              "control mean", "Δ (lower bound)", "Δ control (lower bound)", "verdict", "why"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, r in df.iterrows():
         cells = [r["claim"], r["dataset"], r["metric"], r["method"], r["baseline"], r["control"] or "—",
@@ -231,7 +236,7 @@ def render_claims_markdown(df: pd.DataFrame) -> str:
                  f"{_num(r['control_diff_mean'])} ({_num(r['control_diff_lower'])})" if r["control"] else "—",
                  f"**{r['verdict']}**", r["reason"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    return intro + "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def write_claims(claims_path: str | Path, tables_dir: str | Path) -> Path:

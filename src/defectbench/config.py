@@ -86,7 +86,8 @@ def _check_package_weights(config: dict) -> None:
          (section("probe").get("pretrained_backbones") or backbones)
          if "pretrained" in (section("probe").get("controls") or []) else []),
         ("anomaly.pretrained", section("anomaly").get("pretrained"),
-         backbones if "pretrained" in (section("anomaly").get("features") or []) else []),
+         [section("anomaly").get("pretrained_backbone") or (backbones[:1] or [None])[0]]
+         if "pretrained" in (section("anomaly").get("features") or []) else []),
         ("patchcore.pretrained", section("patchcore").get("pretrained"), [section("patchcore").get("backbone")]),
         ("ddad.pretrained", section("ddad").get("pretrained"), [section("ddad").get("feature_backbone")]),
     ]
