@@ -5,17 +5,6 @@
 # init) and 'pretrained' (anomaly.pretrained weights on anomaly.pretrained_backbone, default the
 # same backbone). Library: defectbench.anomaly.image_level.
 
-ANOMALY_BACKBONE = BACKBONES[0]
-
-
-def anomaly_backbone(features):
-    """The backbone a feature source's scorers read: anomaly.pretrained_backbone for the
-    'pretrained' control when set (weights may exist for another backbone only), else the first
-    of `backbones`."""
-    if features == "pretrained" and config["anomaly"]["pretrained_backbone"]:
-        return config["anomaly"]["pretrained_backbone"]
-    return ANOMALY_BACKBONE
-
 # Keys that change the features (not the scorer list: adding a scorer must not re-extract).
 ANOMALY_FEATURE_KEYS = ["pretrained", "amp", "feature_batch_size"]
 ANOMALY_SCORER_KEYS = ["knn_k", "threshold_quantile", "refit_on_holdout", "leaky_percentile"]

@@ -225,6 +225,15 @@ def probe_targets():
 
 
 # ----------------------------------------------------------------- anomaly stage (anomaly.smk)
+def anomaly_backbone(features):
+    """The backbone a feature source's scorers read: anomaly.pretrained_backbone for the
+    'pretrained' control when set (weights may exist for another backbone only), else the first
+    of `backbones`."""
+    if features == "pretrained" and config["anomaly"]["pretrained_backbone"]:
+        return config["anomaly"]["pretrained_backbone"]
+    return BACKBONES[0]
+
+
 def anomaly_feature_params(wildcards):
     cfg = config_slice(anomaly={k: config["anomaly"][k] for k in ANOMALY_FEATURE_KEYS})
     cfg.pop("protocol", None)  # the protocol never changes features
