@@ -192,8 +192,8 @@ def diffusion_targets():
 
 
 # ----------------------------------------------------------------- probe stage (probe.smk)
-# Feature sources that need no training (defectbench.features.CONTROL_SOURCES): table rows
-# beside the methods, produced by the same rules.
+# Feature sources that need no training: table rows beside the methods, produced by the same
+# rules (defectbench.features.CONTROL_SOURCES; not imported: it would load torch in every call).
 CONTROLS = ("random", "pretrained")
 LABEL_PCTS = [pct(f) for f in sorted(config["label_fractions"])]
 
@@ -318,3 +318,22 @@ def clustering_targets():
     )
 
 
+# ----------------------------------------------------------------- budget curve (budget.smk)
+def budget_pretrain_params(wildcards):
+    """The contrastive section with this point's epochs: each point is its own job and params."""
+    cfg = config_slice("contrastive")
+    cfg["contrastive"] = {**config["contrastive"], "epochs": int(wildcards.epochs)}
+    return cfg
+
+
+@register_targets
+def budget_targets():
+    """One probe per (epochs, image size, seed) of budget.method on budget.dataset (first backbone)."""
+    budget = config["budget"]
+    if not budget["method"]:
+        return []
+    return expand(
+        "results/budget/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}/labels100/metrics.json",
+        method=budget["method"], dataset=budget["dataset"], backbone=BACKBONES[0], seed=SEEDS,
+        epochs=budget["epochs"], size=budget["image_sizes"],
+    )

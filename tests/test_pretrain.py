@@ -80,6 +80,7 @@ def test_every_method_trains_one_epoch_on_real_images(neu, tmp_path, method):
     assert metrics["device"] == "cpu" and metrics["extra"]["amp"] == "none"
     assert metrics["extra"]["augment_preset"] == "grey"  # NEU is grey: the A.4 grey recipe is picked
     assert metrics["metrics"]["train_images"] == 24 and metrics["metrics"]["images_per_s"] > 0
+    assert metrics["metrics"]["train_steps"] == 1 * (24 // metrics["metrics"]["batch_size"])  # 1 epoch, drop_last
     enc, dim, meta = load_encoder(out / "encoder.pt", torch.device("cpu"))
     assert dim == 512 and meta["image_size"] == SIZE
     feats = enc(torch.randn(3, 3, SIZE, SIZE))

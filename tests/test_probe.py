@@ -176,7 +176,7 @@ def test_one_probe_job_evaluates_every_label_fraction(tmp_path, one_torch_thread
         assert saved == json.loads(json.dumps(record))
         assert (saved["stage"], saved["method"], saved["task"]) == ("classification", "random", "classification")
         m = saved["metrics"]
-        assert m["train_steps"] >= 1 and np.isfinite(m["train_loss"])
+        assert m["train_steps"] >= 1 and np.isfinite(m["train_loss"]) and m["pretrain_steps"] == 0
         if kind == "logistic":
             assert m["converged"] == 1.0 and m["grad_max"] <= 1e-6 and m["l2"] in (1e-3, 1e-1, 10.0)
         else:  # Adam: epochs x batches per epoch
@@ -216,16 +216,35 @@ def test_probe_records_what_ran_and_rejects_mismatched_outputs(tmp_path, one_tor
     net, dim = build_backbone("resnet18")
     job = tmp_path / "pretrain" / "fairkl"
     save_encoder(job / "encoder.pt", net, "resnet18", dim, 32)
-    write_metrics(job / "metrics.json", stage="pretraining", metrics={}, config={}, device="cpu", wall_time_s=0.0,
+    write_metrics(job / "metrics.json", stage="pretraining", metrics={"train_steps": 120}, config={}, device="cpu",
+                  wall_time_s=0.0,
                   keys={"dataset": "neu", "method": "eps_supinfonce", "backbone": "resnet18", "seed": 0,
                         "task": "classification"})
     records, dirs = _run(tmp_path, paths, _probe_cfg(augment=False), method="fairkl",
                          encoder_path=str(job / "encoder.pt"), pretrain_metrics_path=str(job / "metrics.json"),
                          fractions=(1.0,))
     assert records[0]["method"] == "eps_supinfonce" and records[0]["extra"]["n_views"] == 1
+    assert records[0]["metrics"]["pretrain_steps"] == 120
     assert load_torch(dirs[0] / "probe.pt")["encoder"] == str(job / "encoder.pt")
     with pytest.raises(DefectbenchError, match="2 label fractions but 1 output"):
         run_linear_probe(cache_path=str(paths["cache"]), split_path=str(paths["split"]),
                          manifest_path=str(tmp_path / "manifest.parquet"), encoder_path=None, pretrain_metrics_path=None,
                          out_dirs=[str(tmp_path / "x")], fractions=[0.5, 1.0], cfg=_probe_cfg(), dataset="neu",
                          method="random", backbone="resnet18", seed=0)
+
+
+def test_random_control_is_drawn_from_the_experiment_seed():
+    from defectbench.features import load_feature_source
+    from defectbench.runtime import seed_everything
+
+    def weights(seed, source="random", pretrained="none"):
+        seed_everything(seed)
+        net, dim = load_feature_source(source, encoder_path=None, backbone="resnet18", pretrained=pretrained, device=CPU)
+        assert dim == 512 and not net.training and not any(p.requires_grad for p in net.parameters())
+        return torch.cat([p.flatten() for p in net.parameters()])
+
+    assert torch.equal(weights(0), weights(0)) and not torch.equal(weights(0), weights(1))
+    # 'random' ignores the section's pretrained weights: it is the untrained control
+    assert torch.equal(weights(0), weights(0, pretrained="package"))
+    with pytest.raises(DefectbenchError, match="no encoder.pt"):
+        load_feature_source("simclr", encoder_path=None, backbone="resnet18", pretrained="none", device=CPU)

@@ -69,7 +69,26 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
         where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise DefectbenchError(f"config key {where}: {err.message} (see config/schema.yaml)")
     _check_package_weights(config)
+    _check_budget(config)
     return config
+
+
+def _check_budget(config: dict) -> None:
+    """budget.method / budget.dataset name a view-free contrastive method and a classification dataset."""
+    budget = config.get("budget") or {}
+    if not budget.get("method"):
+        return
+    from defectbench.ssl.pretrain import CONTRASTIVE_METHODS, uses_views
+
+    method, dataset = budget["method"], budget.get("dataset")
+    if method not in CONTRASTIVE_METHODS:
+        raise DefectbenchError(f"config key budget.method: {method!r} is not a contrastive method ({', '.join(CONTRASTIVE_METHODS)})")
+    if uses_views(method, config.get("contrastive") or {}):
+        raise DefectbenchError(f"config key budget.method: {method!r} reads diffusion views, made at the dataset's "
+                               "image_size only; pick a method without views")
+    entry = (config.get("datasets") or {}).get(dataset)
+    if entry is None or "classification" not in entry.get("tasks", []):
+        raise DefectbenchError(f"config key budget.dataset: {dataset!r} is not a dataset with the classification task")
 
 
 def _check_package_weights(config: dict) -> None:

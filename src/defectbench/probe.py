@@ -15,9 +15,10 @@ selected on test labels.
 * ``probe.kind: linear``: ``Linear(d, C)`` with Adam + cross-entropy for ``probe.epochs`` epochs
   (the reference recipe of A.4).
 
-Every metrics file records the optimiser steps (``train_steps``) and the final train loss
-(``train_loss``); the logistic probe also its ``l2``, the final largest gradient entry
-(``grad_max``) and whether it converged (``converged``, 1/0).
+Every metrics file records the probe's optimiser steps (``train_steps``) and final train loss
+(``train_loss``), and the encoder's pretraining steps (``pretrain_steps``, 0 for a control); the
+logistic probe also its ``l2``, the final largest gradient entry (``grad_max``) and whether it
+converged (``converged``, 1/0).
 
 Augmentation:
 
@@ -272,26 +273,31 @@ def fit_logistic_probe(train_views: np.ndarray, y: np.ndarray, n_classes: int, *
     return final, pd.DataFrame(rows)
 
 
-def _method_label(method: str, pretrain_metrics_path: str | None) -> str:
-    """What ran: the ``method`` its pretraining job recorded (e.g. ``eps_supinfonce`` for FairKL
-    run with weight 0), else the method name (controls)."""
+def _pretraining(method: str, pretrain_metrics_path: str | None) -> tuple[str, float]:
+    """(what ran, its optimiser steps): the ``method`` its pretraining job recorded (e.g.
+    ``eps_supinfonce`` for FairKL run with weight 0) and its ``train_steps``; for a control, its
+    name and 0 steps."""
     if not pretrain_metrics_path:
-        return method
+        return method, 0.0
     try:
-        return str(json.loads(Path(pretrain_metrics_path).read_text())["method"])
-    except (OSError, ValueError, KeyError):
+        record = json.loads(Path(pretrain_metrics_path).read_text())
+        return str(record["method"]), float(record["metrics"].get("train_steps", math.nan))
+    except (OSError, ValueError, KeyError, AttributeError):
         raise DefectbenchError(f"{pretrain_metrics_path}: unreadable pretraining record; rerun pretrain_contrastive") from None
 
 
 def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, encoder_path: str | None,
                      pretrain_metrics_path: str | None, out_dirs: Sequence[str], fractions: Sequence[float],
-                     cfg: dict[str, Any], dataset: str, method: str, backbone: str, seed: int) -> list[dict[str, Any]]:
+                     cfg: dict[str, Any], dataset: str, method: str, backbone: str, seed: int,
+                     extra_keys: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The linear_probe stage (module docstring): every label fraction of one encoder.
 
     ``cfg`` is the rule's config slice (with the ``probe`` section); ``method`` is a contrastive
     method (``encoder_path`` = its encoder.pt, ``pretrain_metrics_path`` = its metrics.json) or a
     control of :data:`defectbench.features.CONTROL_SOURCES` (no encoder). ``out_dirs[i]``
-    receives the outputs of ``fractions[i]``. Returns the metrics.json records, in that order.
+    receives the outputs of ``fractions[i]``. ``extra_keys`` join the job keys of every record
+    (a budget-curve point's ``budget_epochs`` and ``image_size``). Returns the metrics.json
+    records, in that order.
     """
     from defectbench.data.cache import load_cache
     from defectbench.data.manifest import read_manifest
@@ -315,7 +321,7 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
         test = split[split["subset"] == "test"].sort_values("row")
         if pool.empty or test.empty:
             raise DefectbenchError(f"{split_path}: empty labelled subset or test subset; check the split and label_fractions")
-        label = _method_label(method, pretrain_metrics_path)
+        label, pretrain_steps = _pretraining(method, pretrain_metrics_path)
         encoder, dim = load_feature_source(method, encoder_path=encoder_path, backbone=backbone,
                                            pretrained=pcfg.get("pretrained", "none"), device=device)
         fbs = int(pcfg.get("feature_batch_size", 256))
@@ -362,7 +368,7 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
                 proba = fit.predict_proba(test_feats)
                 fit_metrics = {"train_steps": fit.steps, "train_loss": fit.train_loss, "l2": fit.l2,
                                "grad_max": fit.grad_max, "converged": float(fit.converged)}
-            metrics = {**classification_metrics(y_test, proba, n_classes), **fit_metrics}
+            metrics = {**classification_metrics(y_test, proba, n_classes), **fit_metrics, "pretrain_steps": pretrain_steps}
             y_pred = proba.argmax(axis=1)
             cm = confusion(y_test, y_pred, n_classes)
             predictions = pd.DataFrame({"row": test["row"].to_numpy(), "y_true": y_test, "y_pred": y_pred})
@@ -374,7 +380,7 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
         write_parquet(out / "predictions.parquet", predictions)
         write_parquet(out / "history.parquet", history)
         keys = {"dataset": dataset, "method": label, "backbone": backbone, "seed": int(seed),
-                "labels_pct": float(100 * fraction), "task": "classification"}
+                "labels_pct": float(100 * fraction), "task": "classification", **(extra_keys or {})}
         extra = {"confusion": cm.tolist(), "class_names": class_names, "n_labelled": int(len(labelled)),
                  "n_views": int(views.shape[0]), "feature_dim": int(dim), "kind": kind, "amp": amp,
                  "feature_source": method if encoder_path is None else str(encoder_path),

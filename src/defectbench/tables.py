@@ -85,7 +85,7 @@ _RECORD_FIELDS = {
     "stage", "protocol", "metrics", "config", "config_hash", "versions", "device", "wall_time_s",
     "host", "finished_at", "extra", "amp",
 }
-_NUMERIC_KEYS = {"seed": "Int64", "labels_pct": "float64"}
+_NUMERIC_KEYS = {"seed": "Int64", "labels_pct": "float64", "budget_epochs": "Int64", "image_size": "Int64"}
 
 TITLES: dict[str, str] = {
     "classification": "Classification: linear probes on frozen features and the supervised baseline",

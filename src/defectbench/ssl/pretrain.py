@@ -277,7 +277,8 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
     record = write_metrics(
         metrics_path, stage="pretraining",
         metrics={"final_loss": float(history["loss"].iloc[-1]), "images_per_s": images_seen / max(seconds, 1e-9),
-                 "train_seconds": seconds, "epochs": epochs, "train_images": n, "batch_size": batch_size},
+                 "train_seconds": seconds, "epochs": epochs, "train_steps": epochs * steps_per_epoch,
+                 "train_images": n, "batch_size": batch_size},
         config=cfg, keys={"dataset": dataset, "method": method_label(method, needs_views, kwargs), "backbone": backbone,
                           "seed": seed, "task": task},
         device=str(device), wall_time_s=time.perf_counter() - t_start,
