@@ -42,7 +42,7 @@ def test_budget_config_is_checked():
     for patch, message in [
         ({"method": "diffcl"}, "reads diffusion views"),
         ({"method": "byol"}, "not a contrastive method"),
-        ({"dataset": "mvtec"}, "budget.dataset: 'mvtec' is not a dataset with the classification task"),
+        ({"dataset": "mvtec"}, "'mvtec' is not a dataset with the classification task"),
     ]:
         bad = copy.deepcopy(TINY)
         bad["budget"].update(patch)
