@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -188,3 +189,41 @@ def test_reference_readme_leads_with_the_claims_table_once_a_run_has_one(tmp_pat
     assert len(named) and (named["verdict"] == "not testable").all()
     assert named["reason"].str.contains("control did not run").all()
     assert sections["claims"] == claims_mod.claims_table_markdown(df)
+
+
+def _job_with_predictions(root, method, seed, correct):
+    """A probe job on 20 test images (10 per class) whose predictions are right where ``correct``."""
+    out = root / "results" / "probe" / method / f"seed{seed}"
+    y = np.repeat([0, 1], 10)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"row": np.arange(20), "y_true": y, "y_pred": np.where(correct, y, 1 - y)}).to_parquet(
+        out / "predictions.parquet")
+    write_metrics(out / "metrics.json", stage="classification", metrics={"accuracy": float(np.mean(correct))},
+                  config={"protocol": "clean"}, keys={"dataset": "neu", "method": method, "backbone": "resnet18",
+                                                      "seed": seed, "labels_pct": 100.0}, device="cpu", wall_time_s=1.0)
+    return out / "metrics.json"
+
+
+def test_bootstrap_over_test_images_can_overrule_agreeing_seeds(tmp_path):
+    # every seed: "base" is right on images 0-9, "strong" on 0-14, "close" on 1-11: paired
+    # differences 5/20 and 1/20 on every seed (seed sd 0, the seed bound equals the mean)
+    idx = np.arange(20)
+    correct = {"strong": idx < 15, "close": (idx >= 1) & (idx <= 11), "base": idx < 10}
+    paths = [_job_with_predictions(tmp_path, m, s, c) for m, c in correct.items() for s in range(3)]
+    out = tmp_path / "tables"
+    tables.write_tables(paths, out, root=tmp_path)
+    table = pd.read_parquet(out / "classification.parquet")
+    claims = [_claim("strong", "strong", "base", control=None), _claim("close", "close", "base", control=None)]
+    df = evaluate_claims(claims, {"classification": table}, root=tmp_path).set_index("claim_id")
+    assert df.loc["strong", "diff_lower"] == pytest.approx(0.25) and df.loc["close", "diff_lower"] == pytest.approx(0.05)
+    # strong: 5 discordant images per seed always favour it; the resampled difference is > 0 unless
+    # every seed's resample misses all 5 of them
+    assert df.loc["strong", "verdict"] == "holds" and df.loc["strong", "boot_lower"] > 0.1
+    # close: 3 discordant images per seed (2 for it, 1 against): the resampled difference per seed,
+    # (n10 + n11 - n0) / 20 with counts ~ Binomial(10, .1), has sd ~.08; the mean over 3 seeds ~.05
+    # ± .047, so its 5th percentile is below 0 while every seed agrees
+    assert df.loc["close", "boot_lower"] < 0 < 0.05 < df.loc["close", "boot_upper"]
+    assert df.loc["close", "verdict"] == "does not hold" and "not the test images" in df.loc["close", "reason"]
+    # without the job files (no root) only the seed rule speaks
+    no_files = evaluate_claims(claims, {"classification": table}).set_index("claim_id")
+    assert no_files["boot_lower"].isna().all() and (no_files["verdict"] == "holds").all()

@@ -16,4 +16,4 @@ with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         paper_datasets=snakemake.params.paper_datasets,  # noqa: F821
     )
     if snakemake.input.claims:  # noqa: F821
-        write_claims(snakemake.input.claims[0], out_dir)  # noqa: F821
+        write_claims(snakemake.input.claims[0], out_dir, root=".")  # noqa: F821

@@ -19,9 +19,16 @@ The rule (``RULE``), for one claim on one dataset:
    the method does not beat it (lower bound ≤ 0), or the control did not run, the claim is
    **not testable**: the method's features are no better than untrained ones at this budget, so
    ranking it against the baseline says nothing about the method.
-4. Otherwise **holds** when the lower bound of d is above 0, else **does not hold** (the reason
-   says whether the opposite is significant: upper bound below 0).
-5. Missing method or baseline rows, or fewer than 2 paired seeds: **not testable**, saying why.
+4. Bootstrap over test images (when the jobs' files are at hand and the metric is ``accuracy``
+   or ``image_auroc``): each side's per-image predictions (``predictions.parquet``) or scores
+   (``scores.parquet``) are paired on the same test images per seed; each of ``N_BOOT``
+   resamples draws the images of every seed with replacement (stratified by label), recomputes
+   both sides' metric and averages s · (method − baseline) over seeds; its 5th and 95th
+   percentiles are ``boot_lower`` / ``boot_upper``.
+5. Otherwise **holds** when the lower bound of d is above 0 and, where the bootstrap ran, its
+   lower bound too; else **does not hold** (the reason says whether the opposite is significant:
+   upper bound below 0).
+6. Missing method or baseline rows, or fewer than 2 paired seeds: **not testable**, saying why.
 
 >>> import pandas as pd
 >>> t = pd.DataFrame({"dataset": "neu", "protocol": "clean", "seed": [0, 1, 2] * 3,
@@ -49,8 +56,10 @@ from defectbench.runtime import DefectbenchError, write_parquet
 log = logging.getLogger("defectbench")
 
 RULE = ("paired over seeds: d = method − baseline (sign by direction); holds if the one-sided 95% Student-t lower "
-        "bound of mean(d) is > 0; not testable if the method does not beat its control by the same rule, or < 2 "
-        "paired seeds")
+        "bound of mean(d) is > 0 and, where per-image files exist, the 5th percentile of a paired bootstrap over test "
+        "images is > 0; not testable if the method does not beat its control by the seed rule, or < 2 paired seeds")
+N_BOOT = 1000
+BOOTSTRAP_METRICS = ("accuracy", "image_auroc")
 CLAIM_KEYS = {"id", "paper", "claim", "table", "datasets", "metric", "direction", "method", "baseline", "control",
               "where", "note"}
 REQUIRED_KEYS = {"id", "paper", "claim", "table", "datasets", "metric", "direction", "method", "baseline"}
@@ -58,10 +67,10 @@ VERDICTS = ("holds", "does not hold", "not testable")
 CLAIM_COLUMNS = [
     "claim_id", "paper", "claim", "table", "dataset", "metric", "direction", "method", "baseline", "control",
     "n_seeds", "method_mean", "baseline_mean", "control_mean", "diff_mean", "diff_sd", "diff_lower", "diff_upper",
-    "control_diff_mean", "control_diff_lower", "verdict", "reason", "note",
+    "control_diff_mean", "control_diff_lower", "boot_lower", "boot_upper", "verdict", "reason", "note",
 ]
 _FLOAT_COLUMNS = {"method_mean", "baseline_mean", "control_mean", "diff_mean", "diff_sd", "diff_lower", "diff_upper",
-                  "control_diff_mean", "control_diff_lower"}
+                  "control_diff_mean", "control_diff_lower", "boot_lower", "boot_upper"}
 
 
 def load_claims(path: str | Path) -> list[dict[str, Any]]:
@@ -101,8 +110,8 @@ def load_claims(path: str | Path) -> list[dict[str, Any]]:
     return claims
 
 
-def _side_values(table: pd.DataFrame, dataset: str, metric: str, filters: Mapping[str, Any]) -> pd.Series:
-    """Per-seed mean of ``metric`` over the rows of ``dataset`` matching ``filters`` (column == value)."""
+def _side_rows(table: pd.DataFrame, dataset: str, metric: str, filters: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows of ``dataset`` matching ``filters`` (column == value) that have ``metric``."""
     rows = table[table["dataset"].astype("string") == dataset]
     for col, want in filters.items():
         if col not in rows.columns:
@@ -113,9 +122,85 @@ def _side_values(table: pd.DataFrame, dataset: str, metric: str, filters: Mappin
             hit = rows[col].astype("string") == str(want)
         rows = rows[hit.fillna(False).astype(bool)]
     if metric not in rows.columns:
+        return rows.iloc[0:0]
+    return rows.dropna(subset=[metric])
+
+
+def _per_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """Per-seed mean of ``metric`` over ``rows``."""
+    if rows.empty:
         return pd.Series(dtype=float)
-    vals = rows[["seed", metric]].dropna()
-    return vals.groupby(vals["seed"].astype(int))[metric].mean()
+    return rows.groupby(rows["seed"].astype(int))[metric].mean()
+
+
+def _per_image(row: Mapping[str, Any], metric: str, root: Path) -> pd.DataFrame | None:
+    """(row, label, value) of one job's test images: correctness for accuracy, score for image_auroc."""
+    job = root / str(row["path"])
+    try:
+        if metric == "accuracy":
+            pred = pd.read_parquet(job.parent / "predictions.parquet", columns=["row", "y_true", "y_pred"])
+            return pd.DataFrame({"row": pred["row"], "label": pred["y_true"],
+                                 "value": (pred["y_true"] == pred["y_pred"]).astype(float)})
+        scores = pd.read_parquet(job.parent / "scores.parquet")
+    except (OSError, ValueError, KeyError):
+        return None
+    if "subset" in scores.columns:
+        scores = scores[scores["subset"] == "test"]
+    return pd.DataFrame({"row": scores["row"], "label": scores["label"], "value": scores["score"].astype(float)})
+
+
+def bootstrap_bounds(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str, sign: float,
+                     n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
+    """5th / 95th percentile of the paired, label-stratified bootstrap of mean over seeds of
+    sign · (metric(method) − metric(baseline)); ``pairs`` holds per seed (labels, method values,
+    baseline values) on the same test images (values: correctness for accuracy, scores for
+    image_auroc).
+
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> bootstrap_bounds([(labels, np.ones(4), np.zeros(4))], "accuracy", 1.0, n_boot=50)
+    (1.0, 1.0)
+    """
+    from defectbench.metrics.anomaly import binary_auroc
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+
+    def value(labels: np.ndarray, v: np.ndarray) -> float:
+        if metric == "accuracy":
+            return float(v.mean())
+        auroc = binary_auroc(labels, v)
+        return math.nan if auroc is None else float(auroc)
+
+    groups = [[np.flatnonzero(labels == lab) for lab in np.unique(labels)] for labels, _, _ in pairs]
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        diffs = []
+        for (labels, a, base), strata in zip(pairs, groups):
+            idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in strata])
+            diffs.append(value(labels[idx], a[idx]) - value(labels[idx], base[idx]))
+        stats[b] = sign * float(np.mean(diffs))
+    return float(np.nanpercentile(stats, 5)), float(np.nanpercentile(stats, 95))
+
+
+def _bootstrap(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame, metric: str, sign: float,
+               root: Path | None) -> tuple[float, float]:
+    """The bootstrap bounds of a claim, or NaN when the metric or the per-image files do not allow it
+    (one job per side and seed is needed)."""
+    if root is None or metric not in BOOTSTRAP_METRICS or "path" not in method_rows or "path" not in baseline_rows:
+        return math.nan, math.nan
+    pairs = []
+    for seed in sorted(set(method_rows["seed"].astype(int)) & set(baseline_rows["seed"].astype(int))):
+        a_rows = method_rows[method_rows["seed"].astype(int) == seed]
+        b_rows = baseline_rows[baseline_rows["seed"].astype(int) == seed]
+        if len(a_rows) != 1 or len(b_rows) != 1:
+            return math.nan, math.nan
+        a, b = _per_image(a_rows.iloc[0], metric, root), _per_image(b_rows.iloc[0], metric, root)
+        if a is None or b is None:
+            return math.nan, math.nan
+        both = a.merge(b, on="row", suffixes=("_a", "_b"))
+        if both.empty or not (both["label_a"] == both["label_b"]).all():
+            return math.nan, math.nan
+        pairs.append((both["label_a"].to_numpy(), both["value_a"].to_numpy(), both["value_b"].to_numpy()))
+    return bootstrap_bounds(pairs, metric, sign) if pairs else (math.nan, math.nan)
 
 
 def paired_bounds(a: pd.Series, b: pd.Series, sign: float) -> tuple[int, float, float, float, float]:
@@ -145,19 +230,22 @@ def _describe(filters: Mapping[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (filters or {}).items())
 
 
-def evaluate_claim(claim: Mapping[str, Any], dataset: str, table: pd.DataFrame) -> dict[str, Any]:
-    """One row of the claims table (module docstring: the rule)."""
+def evaluate_claim(claim: Mapping[str, Any], dataset: str, table: pd.DataFrame, root: Path | None = None) -> dict[str, Any]:
+    """One row of the claims table (module docstring: the rule). ``root``: the project root the
+    table's ``path`` column is relative to (None: no bootstrap over test images)."""
     where = {"protocol": "clean", **(claim.get("where") or {})}
     sign = 1.0 if claim["direction"] == "higher" else -1.0
     metric = claim["metric"]
 
-    def side(name: str) -> pd.Series:
-        return _side_values(table, dataset, metric, {**where, **claim[name]})
+    def side(name: str) -> pd.DataFrame:
+        return _side_rows(table, dataset, metric, {**where, **claim[name]})
 
-    method, baseline = side("method"), side("baseline")
+    method_rows, baseline_rows = side("method"), side("baseline")
+    method, baseline = _per_seed(method_rows, metric), _per_seed(baseline_rows, metric)
     control_spec = claim.get("control")
-    control = side("control") if control_spec else pd.Series(dtype=float)
+    control = _per_seed(side("control"), metric) if control_spec else pd.Series(dtype=float)
     n, mean, sd, lower, upper = paired_bounds(method, baseline, sign)
+    boot_lower, boot_upper = _bootstrap(method_rows, baseline_rows, metric, sign, root)
     c_n, c_mean, _, c_lower, _ = paired_bounds(method, control, sign) if control_spec else (0, math.nan, 0, math.nan, 0)
     row = {
         "claim_id": claim["id"], "paper": claim["paper"], "claim": claim["claim"], "table": claim["table"],
@@ -168,7 +256,8 @@ def evaluate_claim(claim: Mapping[str, Any], dataset: str, table: pd.DataFrame) 
         "baseline_mean": float(baseline.mean()) if len(baseline) else math.nan,
         "control_mean": float(control.mean()) if len(control) else math.nan,
         "diff_mean": mean, "diff_sd": sd, "diff_lower": lower, "diff_upper": upper,
-        "control_diff_mean": c_mean, "control_diff_lower": c_lower, "note": claim.get("note", ""),
+        "control_diff_mean": c_mean, "control_diff_lower": c_lower, "boot_lower": boot_lower,
+        "boot_upper": boot_upper, "note": claim.get("note", ""),
     }
     if method.empty or baseline.empty:
         missing = " and ".join(s for s, v in (("method", method), ("baseline", baseline)) if v.empty)
@@ -181,21 +270,25 @@ def evaluate_claim(claim: Mapping[str, Any], dataset: str, table: pd.DataFrame) 
         if not c_lower > 0:
             return {**row, "verdict": "not testable",
                     "reason": f"the method does not beat its control (lower bound {c_lower:+.4f} ≤ 0)"}
-    if lower > 0:
-        return {**row, "verdict": "holds", "reason": f"lower bound {lower:+.4f} > 0"}
+    boot = "" if math.isnan(boot_lower) else f", bootstrap lower bound {boot_lower:+.4f}"
+    if lower > 0 and (math.isnan(boot_lower) or boot_lower > 0):
+        return {**row, "verdict": "holds", "reason": f"lower bound {lower:+.4f} > 0{boot}"}
     opposite = "; the opposite holds (upper bound < 0)" if upper < 0 else ""
-    return {**row, "verdict": "does not hold", "reason": f"lower bound {lower:+.4f} ≤ 0{opposite}"}
+    why = f"lower bound {lower:+.4f} ≤ 0" if not lower > 0 else f"seeds agree (lower bound {lower:+.4f}) but not the test images"
+    return {**row, "verdict": "does not hold", "reason": f"{why}{boot}{opposite}"}
 
 
-def evaluate_claims(claims: list[Mapping[str, Any]], tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """The claims table: one row per (claim, dataset), columns ``CLAIM_COLUMNS``."""
+def evaluate_claims(claims: list[Mapping[str, Any]], tables: Mapping[str, pd.DataFrame],
+                    root: str | Path | None = None) -> pd.DataFrame:
+    """The claims table: one row per (claim, dataset), columns ``CLAIM_COLUMNS``; ``root`` as in
+    :func:`evaluate_claim`."""
     rows = []
     for claim in claims:
         table = tables.get(claim["table"])
         if table is None:
             raise DefectbenchError(f"claim {claim['id']}: unknown table {claim['table']!r}; use one of {', '.join(tables)}")
         for dataset in claim["datasets"]:
-            rows.append(evaluate_claim(claim, str(dataset), table))
+            rows.append(evaluate_claim(claim, str(dataset), table, Path(root) if root is not None else None))
     df = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     for col in CLAIM_COLUMNS:
         if col in _FLOAT_COLUMNS:
@@ -217,7 +310,8 @@ def render_claims_markdown(df: pd.DataFrame) -> str:
         "# Claims of the papers, evaluated on this run\n\n"
         "Generated from `claims.parquet` by `defectbench.claims` (do not edit). Rule: " + RULE + ". "
         "Claims: `config/published/claims.yaml`. `Δ` = method − baseline in the claimed direction (mean over "
-        "paired seeds, with its one-sided 95% lower bound); `Δ control` = method − control.\n\n"
+        "paired seeds, with its one-sided 95% lower bound); `boot` = the 5th percentile of the paired bootstrap "
+        "over test images (— where the per-image files were not at hand); `Δ control` = method − control.\n\n"
     )
     return intro + claims_table_markdown(df) + "\n"
 
@@ -227,21 +321,22 @@ def claims_table_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "_No claims in this file._"
     header = ["claim", "dataset", "metric", "method", "baseline", "control", "seeds", "method mean", "baseline mean",
-              "control mean", "Δ (lower bound)", "Δ control (lower bound)", "verdict", "why"]
+              "control mean", "Δ (lower bound)", "boot", "Δ control (lower bound)", "verdict", "why"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, r in df.iterrows():
         cells = [r["claim"], r["dataset"], r["metric"], r["method"], r["baseline"], r["control"] or "—",
                  str(int(r["n_seeds"])), _num(r["method_mean"]), _num(r["baseline_mean"]), _num(r["control_mean"]),
-                 f"{_num(r['diff_mean'])} ({_num(r['diff_lower'])})",
+                 f"{_num(r['diff_mean'])} ({_num(r['diff_lower'])})", _num(r["boot_lower"]),
                  f"{_num(r['control_diff_mean'])} ({_num(r['control_diff_lower'])})" if r["control"] else "—",
                  f"**{r['verdict']}**", r["reason"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 
-def write_claims(claims_path: str | Path, tables_dir: str | Path) -> Path:
-    """Evaluate the claims file on the stage tables of ``tables_dir``; write ``claims.parquet``,
-    ``claims.md`` and ``claims.html`` there. Returns the Parquet path."""
+def write_claims(claims_path: str | Path, tables_dir: str | Path, root: str | Path | None = None) -> Path:
+    """Evaluate the claims file on the stage tables of ``tables_dir`` (with the bootstrap over
+    test images when ``root``, the project root of the tables' paths, is given); write
+    ``claims.parquet``, ``claims.md`` and ``claims.html`` there. Returns the Parquet path."""
     from defectbench.tables import STAGES, regenerate_markdown
 
     tables_dir = Path(tables_dir)
@@ -251,7 +346,7 @@ def write_claims(claims_path: str | Path, tables_dir: str | Path) -> Path:
         if not path.is_file():
             raise DefectbenchError(f"{path}: stage table missing; run aggregate (defectbench tables) first")
         tables[stage] = pd.read_parquet(path)
-    df = evaluate_claims(load_claims(claims_path), tables)
+    df = evaluate_claims(load_claims(claims_path), tables, root)
     out = tables_dir / "claims.parquet"
     write_parquet(out, df)
     regenerate_markdown(tables_dir)  # claims.md and claims.html, rendered from the Parquet file alone

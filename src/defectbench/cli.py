@@ -135,7 +135,7 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     if args.claims:
         from defectbench.claims import write_claims
 
-        written["claims"] = write_claims(args.claims, args.out)
+        written["claims"] = write_claims(args.claims, args.out, root=".")
     print(f"{len(paths)} job(s) -> {len(written)} table(s) in {args.out}")
     return 0
 
