@@ -140,7 +140,7 @@ def _neu_dataset(tmp_path, per_class=8):
     manifest = pd.DataFrame({
         "path": [f"img{i}.png" for i in range(len(split))], "label": split["label"],
         "class_name": split["label_name"], "is_anomalous": True, "mask_path": None, "width": 200, "height": 200,
-        "sha256": "0" * 64, "group": None, "source_split": None,
+        "sha256": "0" * 64, "group": None, "source_split": None, "pixel_scale": "8bit",
     })
     manifest.to_parquet(tmp_path / "manifest.parquet")
     return paths, split
