@@ -133,8 +133,8 @@ def test_fit_logistic_probe_picks_the_lowest_validation_loss_and_refits_on_all()
     assert fit1.l2 == 1e-1 and list(hist1["stage"]) == ["final"]
 
 
-def _neu_dataset(tmp_path, per_class=8):
-    """REAL NEU steel images (32 px), 6 per class train / 2 test, with a manifest."""
+def _neu_dataset(tmp_path, per_class=6):
+    """REAL NEU steel images (32 px), 4 per class train / 2 test, with a manifest."""
     paths = write_tiny_dataset(tmp_path, per_class=per_class, size=32, test_per_class=2)
     split = pd.read_parquet(paths["split"])
     manifest = pd.DataFrame({
@@ -170,7 +170,7 @@ def test_one_probe_job_evaluates_every_label_fraction(tmp_path, one_torch_thread
     records, dirs = _run(tmp_path, paths, _probe_cfg(kind=kind))
     test = split[split["subset"] == "test"].sort_values("row")
     assert [r["labels_pct"] for r in records] == [50.0, 100.0]
-    assert [r["extra"]["n_labelled"] for r in records] == [18, 36]  # ceil(.5 * 6) and 6 per class, 6 classes
+    assert [r["extra"]["n_labelled"] for r in records] == [12, 24]  # .5 * 4 and 4 per class, 6 classes
     for record, out in zip(records, dirs):
         saved = json.loads((out / "metrics.json").read_text())
         assert saved == json.loads(json.dumps(record))
