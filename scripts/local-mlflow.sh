@@ -168,11 +168,11 @@ stop_mlflow() {
     local pid i
     pid=$(cat "$MLFLOW_PID")
     kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
+    for i in $(seq 1 300); do
         kill -0 "$pid" 2>/dev/null || { rm -f "$MLFLOW_PID"; return 0; }
         sleep 0.1
     done
-    log "mlflow server (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
+    log "mlflow server (pid $pid) still running 30 s after SIGTERM; sending SIGKILL"
     kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
     rm -f "$MLFLOW_PID"
 }

@@ -222,7 +222,7 @@ def test_unreachable_server_is_one_clear_error(tmp_path, monkeypatch):
                                 experiment="exp", parent_run_name="exp", tags={}):
             pass
     message = str(err.value)
-    assert f"MLflow tracking server http://127.0.0.1:{port} failed while logging probe/a" in message
+    assert f"MLflow tracking server http://127.0.0.1:{port} failed while logging probe/a: server unreachable" in message
     assert "rerun snakemake" in message and "\n" not in message
 
 

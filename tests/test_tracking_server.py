@@ -123,6 +123,7 @@ def test_jobs_log_live_runs_to_a_postgresql_backed_server(server, slurm, tmp_pat
     config = {**TINY_CONFIG, "run_name": EXPERIMENT, "tracking": {"uri": uri}}
     args = ["--cores", "2", "--configfile", "config/test.yaml"]
     t_start = time.monotonic()
+    timings: dict[str, float] = {}  # printed at the end (capsys holds what is printed before)
 
     # 1. plain snakemake; the supervised baseline is made to fail (its weights file is missing)
     write_config(project, {**config, "supervised": {**config["supervised"], "pretrained": "no-such-weights.pt"}})
@@ -146,13 +147,13 @@ def test_jobs_log_live_runs_to_a_postgresql_backed_server(server, slurm, tmp_pat
     # artifacts went through the server (--serve-artifacts) into its artifact store
     assert pretrain.info.artifact_uri.startswith("mlflow-artifacts:")
     assert {"metrics.json", "history.parquet"} <= {a.path for a in client.list_artifacts(pretrain.info.run_id)}
-    print(f"step 1 (plain run, one job failing): {time.monotonic() - t_start:.0f} s")
+    timings["plain run, one job failing"] = time.monotonic() - t_start
 
     # 2. fixed config, through the Slurm profile: the rerun supersedes the FAILED run
     write_config(project, config)
     t0 = time.monotonic()
     snakemake(project, "--profile", ci_profile(project), "--configfile", "config/test.yaml", timeout=900)
-    print(f"step 2 (rerun through Slurm): {time.monotonic() - t0:.0f} s")
+    timings["rerun through Slurm"] = time.monotonic() - t0
     current = _one_current_finished_run_per_job(uri)
     supervised = _runs(uri)[SUPERVISED]
     assert [r.info.status for r in supervised] == ["FAILED", "FINISHED"]
@@ -195,13 +196,13 @@ def test_jobs_log_live_runs_to_a_postgresql_backed_server(server, slurm, tmp_pat
         rc = proc.wait(timeout=600)
     out = log_path.read_text()
     assert rc != 0, out[-3000:]
-    assert f"MLflow tracking server {uri} failed while logging {PRETRAIN}" in out, out[-3000:]
+    assert f"MLflow tracking server {uri} failed while logging {PRETRAIN}: server unreachable" in out, out[-3000:]
     assert not (project / "results" / PRETRAIN / "metrics.json").exists()
 
-    # 5. restart; the rerun completes (resuming from the checkpoint) and syncs
+    # 5. restart; the rerun completes and syncs
     t0 = time.monotonic()
     subprocess.run([str(SCRIPT), "start"], check=True, timeout=300, env=env, capture_output=True)
-    print(f"server restart: {time.monotonic() - t0:.1f} s")
+    timings["server restart"] = time.monotonic() - t0
     snakemake(project, *args, timeout=600)
     final = _one_current_finished_run_per_job(uri)
     pretrain_runs = _runs(uri)[PRETRAIN]
@@ -212,5 +213,5 @@ def test_jobs_log_live_runs_to_a_postgresql_backed_server(server, slurm, tmp_pat
     assert steps == set(range(1, epochs + 1))
     marker = json.loads((project / "results" / "mlflow.synced.json").read_text())
     assert marker["jobs"] == len(JOBS) and sorted(s.split("@")[0] for s in marker["synced"]) == sorted(JOBS)
-    print(f"server test: {time.monotonic() - t_start:.0f} s; runs per job: "
-          f"{ {k: len(v) for k, v in _runs(uri).items()} }")
+    timings["whole test"] = time.monotonic() - t_start
+    print({k: round(v, 1) for k, v in timings.items()}, {k: len(v) for k, v in _runs(uri).items()})

@@ -418,7 +418,12 @@ def verify_store(tracking_uri: str, experiment: str, sync_keys: list[str]) -> No
 
 # ----------------------------------------------------------------------------- server: live runs per job
 def _tracking_failed(tracking_uri: str, keys: list[str], exc: Exception) -> DefectbenchError:
-    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    text = str(exc).strip()
+    if "Max retries exceeded" in text or "Connection refused" in text:
+        detail = "server unreachable (connection refused or timed out after MLflow's retries)"
+    else:
+        detail = (text.splitlines() or [type(exc).__name__])[0]
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
     return DefectbenchError(
         f"MLflow tracking server {tracking_uri} failed while logging {', '.join(keys)}: {detail}. The job stopped; "
         "start the server again (scripts/local-mlflow.sh start for the local one) and rerun snakemake "
