@@ -4,6 +4,7 @@ from pathlib import Path
 
 from snakemake.logging import logger
 
+from defectbench.runtime import DefectbenchError
 from defectbench.tables import comparison_csvs
 from defectbench.tracking import marker_is_current, sqlite_path
 
@@ -46,7 +47,11 @@ def track_metrics(wildcards):
     store was deleted or emptied, or tracking.uri changed) is removed, so the sync runs again."""
     marker = Path(TRACK_SENTINEL)
     if marker.exists() and workflow.is_main_process:
-        current, why = marker_is_current(marker, TRACKING_URI)
+        try:
+            current, why = marker_is_current(marker, TRACKING_URI)
+        except DefectbenchError as exc:  # server down: the track job checks again whenever it runs
+            logger.warning(f"{marker}: store not checked: {exc}")
+            current = True
         if not current:
             logger.warning(f"{marker}: {why}; the track rule syncs again")
             marker.unlink()

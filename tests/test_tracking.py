@@ -224,6 +224,8 @@ def test_unreachable_server_is_one_clear_error(tmp_path, monkeypatch):
     message = str(err.value)
     assert f"MLflow tracking server http://127.0.0.1:{port} failed while logging probe/a: server unreachable" in message
     assert "rerun snakemake" in message and "\n" not in message
+    with pytest.raises(tracking.DefectbenchError, match="cannot read the MLflow store"):
+        tracking.missing_runs(f"http://127.0.0.1:{port}", "exp", ["probe/a@0123"])
 
 
 # ----------------------------------------------------------------------------- the store check

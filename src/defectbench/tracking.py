@@ -363,19 +363,24 @@ def sync_runs(
 def missing_runs(tracking_uri: str, experiment: str, sync_keys: Iterable[str]) -> list[str]:
     """The sync keys without a finished, current run in the store (all of them when the store or
     the experiment is gone). Never creates a store."""
+    from mlflow.exceptions import MlflowException
+
     wanted = set(sync_keys)
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
         return sorted(wanted)
-    client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or exp.lifecycle_stage == "deleted":
-        return sorted(wanted)
-    present = {
-        r.data.tags.get(f"{TAG}.sync_key")
-        for r in _all_runs(client, exp.experiment_id, f"tags.`{TAG}.role` = 'child'")
-        if r.info.status == "FINISHED" and r.data.tags.get(f"{TAG}.current") != "false"
-    }
+    try:
+        client = _client(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            return sorted(wanted)
+        present = {
+            r.data.tags.get(f"{TAG}.sync_key")
+            for r in _all_runs(client, exp.experiment_id, f"tags.`{TAG}.role` = 'child'")
+            if r.info.status == "FINISHED" and r.data.tags.get(f"{TAG}.current") != "false"
+        }
+    except MlflowException as exc:
+        raise DefectbenchError(f"{tracking_uri}: cannot read the MLflow store ({str(exc).splitlines()[0][:200]})") from None
     return sorted(wanted - present)
 
 
