@@ -254,3 +254,19 @@ def test_marker_is_current_until_the_store_is_deleted_or_emptied(store, tmp_path
     assert not db.exists()  # checking never creates a store
     with pytest.raises(tracking.DefectbenchError, match="2 of 2 job runs are missing"):
         tracking.verify_store(store, "exp", summary["synced"])
+
+
+def test_track_never_reports_a_sync_into_a_store_deleted_meanwhile(store, tmp_path, monkeypatch):
+    paths = [_job(tmp_path, "probe/simclr/neu/resnet18/seed0/labels10", 0, 0.5)]
+    marker = tmp_path / "results" / "mlflow.synced.json"
+    sync = tracking.sync_runs
+
+    def sync_then_lose_the_store(*args, **kwargs):
+        summary = sync(*args, **kwargs)
+        tracking.sqlite_path(store).unlink()  # e.g. `rm results/mlflow.db` while the track job runs
+        return summary
+
+    monkeypatch.setattr(tracking, "sync_runs", sync_then_lose_the_store)
+    with pytest.raises(tracking.DefectbenchError, match="1 of 1 job runs are missing"):
+        tracking.track_workflow(paths, {"tracking": {"uri": store}, "run_name": "exp"}, marker)
+    assert not marker.exists()
