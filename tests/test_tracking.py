@@ -270,3 +270,18 @@ def test_track_never_reports_a_sync_into_a_store_deleted_meanwhile(store, tmp_pa
     with pytest.raises(tracking.DefectbenchError, match="1 of 1 job runs are missing"):
         tracking.track_workflow(paths, {"tracking": {"uri": store}, "run_name": "exp"}, marker)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("uri, ok", [("sqlite:///results/mlflow.db", True), ("https://mlflow.example.org", True),
+                                      ("http://127.0.0.1:5000", True), ("postgresql://u@db/mlflow", False),
+                                      ("./mlruns", False)])
+def test_tracking_uri_is_a_sqlite_file_or_a_server(uri, ok):
+    from defectbench.config import SCHEMA_PATH, validate_config
+
+    cfg = {"datasets": {"neu": {"source": {"kind": "directory", "path": "x"}, "layout": "imagefolder"}},
+           "tracking": {"uri": uri}}
+    if ok:
+        assert validate_config(cfg, SCHEMA_PATH)["tracking"]["uri"] == uri
+    else:
+        with pytest.raises(tracking.DefectbenchError, match="config key tracking.uri:"):
+            validate_config(cfg, SCHEMA_PATH)
