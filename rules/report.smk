@@ -56,16 +56,20 @@ rule figures:
         "../workflow_scripts/figures.py"
 
 
-# The MLflow store (results/mlflow.db by default) is deliberately not an output: Snakemake deletes
-# outputs before a job runs, which would drop the runs of earlier configs, and a server URI has no
-# file. The sentinel records what was synced (created / replaced / skipped runs).
+# The track rule syncs every job into the MLflow store and writes the marker only after reading
+# the store back (a run for every job). The embedded SQLite store is an output flagged update():
+# Snakemake reruns the rule when the file is deleted but never deletes it before a run (which
+# would drop the runs of earlier configs, e.g. on --forcerun track), and restores it if the
+# sync fails. track_metrics removes a marker whose store lost its runs. With a tracking server
+# the jobs have logged their own runs; the rule adds any that are missing and checks the count.
 rule track:
     input:
-        metrics=stage_metrics,
+        metrics=track_metrics,
         tables=expand("results/tables/{name}.md", name=TABLE_NAMES),
         figures=[FIGURES_DIR] if config["report"]["figures"] else [],
     output:
-        TRACK_SENTINEL,
+        marker=TRACK_SENTINEL,
+        **({"store": update(str(TRACKING_STORE))} if TRACKING_STORE else {}),
     params:
         cfg=config_slice("tracking", run_name=config["run_name"]),
         parent_artifacts=["results/tables"] + ([FIGURES_DIR] if config["report"]["figures"] else []),
