@@ -1,9 +1,9 @@
 """Rule budget_pretrain: one contrastive method at one (epochs, image size) point of the budget curve."""
 
-from defectbench.runtime import job_logging
+from defectbench.tracking import tracked_job
 from defectbench.ssl.pretrain import pretrain_contrastive
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     pretrain_contrastive(
         cache_path=snakemake.input["cache"],  # noqa: F821
         split_path=snakemake.input["split"],  # noqa: F821

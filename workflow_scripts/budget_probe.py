@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from defectbench.probe import run_linear_probe
-from defectbench.runtime import job_logging
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     run_linear_probe(
         cache_path=snakemake.input["cache"],  # noqa: F821
         split_path=snakemake.input["split"],  # noqa: F821
