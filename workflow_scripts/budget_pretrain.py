@@ -1,7 +1,7 @@
 """Rule budget_pretrain: one contrastive method at one (epochs, image size) point of the budget curve."""
 
-from defectbench.tracking import tracked_job
 from defectbench.ssl.pretrain import pretrain_contrastive
+from defectbench.tracking import tracked_job
 
 with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     pretrain_contrastive(
