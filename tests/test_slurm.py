@@ -55,7 +55,7 @@ TINY_CONFIG = {
     "diffusion": {"enabled": False},
     "contrastive": {"methods": ["simclr"], "epochs": 2, "batch_size": 8},
     "supervised": {"enabled": True, "epochs": 1, "batch_size": 8},
-    "probe": {"epochs": 2},
+    "probe": {"epochs": 2, "controls": []},  # no control probe: three jobs with results
     "anomaly": {"features": ["simclr"]},
     "patchcore": {"enabled": False},
     "ddad": {"enabled": False},
