@@ -28,7 +28,6 @@ import pandas as pd
 
 from defectbench.anomaly.scorers import get_scorer
 from defectbench.data.splits import read_split
-from defectbench.features import extract_features, load_feature_source
 from defectbench.metrics.anomaly import evaluate_anomaly, leaky_percentile_metrics
 from defectbench.runtime import (
     DefectbenchError,
@@ -52,6 +51,7 @@ def extract_anomaly_features(*, cache_path: str, split_path: str, encoder_path: 
     """Write ``features_path`` (.npz: ``rows`` int64, ``features`` float32 (N,d)) for every row of
     the anomaly split, plus ``<features_path>.json`` with the device and timing."""
     from defectbench.data.cache import load_cache
+    from defectbench.features import extract_features, load_feature_source  # torch: not needed for scoring
 
     acfg = cfg["anomaly"]
     with Timer() as timer:
