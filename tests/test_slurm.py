@@ -5,7 +5,8 @@ stand-in GPUs. The workflow runs in a temporary working copy on a tiny ELPV conf
 of profiles/slurm whose sizes are clamped to this machine (2 cores); partitions and GPU requests
 are kept exactly as in the real profile. The test cancels a running GPU job with `scancel`,
 checks that Snakemake reports the cancellation and fails, then reruns to completion and checks
-where every job ran. Without root and without Slurm the tests skip, except under CI=true.
+where every job ran. Without root and without Slurm, or without the executor plugin (the `slurm`
+extra, `make env-slurm`), the tests skip, except under CI=true.
 
 Time budget: every Slurm job costs about 15 s of Snakemake start-up inside the job plus the
 plugin's polling (+10 s per idle poll), so about 35 s per link of a job chain. The data stage
@@ -15,12 +16,14 @@ experiment jobs (pretraining, supervised baseline, probe) go through Slurm.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -105,6 +108,17 @@ def test_default_profile_sets_no_resources():
     assert not {"default-resources", "set-resources", "executor", "jobs"} & set(prof)
 
 
+def test_slurm_plugin_is_an_extra_not_a_base_dependency():
+    # Snakemake imports every installed executor plugin when it starts; the Slurm one then runs
+    # `scontrol show config`, which blocks ~9 s without a reachable controller. Plain local runs
+    # must not pay that, so only the `slurm` extra (make env-slurm) installs it.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    plugin = "snakemake-executor-plugin-slurm"
+    assert not [d for d in project["dependencies"] if d.startswith(plugin)]
+    assert [d for d in project["optional-dependencies"]["slurm"] if d.startswith(f"{plugin}==")]
+    assert plugin not in (ROOT / "envs" / "defectbench.yaml").read_text()
+
+
 # ----------------------------------------------------------------------------- the local Slurm
 def _slurm_up() -> bool:
     return shutil.which("sbatch") is not None and subprocess.run(
@@ -115,6 +129,10 @@ def _slurm_up() -> bool:
 @pytest.fixture(scope="module")
 def slurm():
     """A running local Slurm; started here (and stopped afterwards) when it was not running."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but the Slurm executor plugin is missing: run make env-slurm (the 'slurm' extra)")
+        pytest.skip("the Slurm executor plugin is not installed (make env-slurm)")
     started = False
     if not _slurm_up():
         if os.geteuid() != 0:
