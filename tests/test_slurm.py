@@ -39,6 +39,8 @@ SCRIPT = ROOT / "scripts" / "local-slurm.sh"
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 # docs/CONTRACTS.md: rule names the profile sets resources by.
 GPU_RULES = {"pretrain_diffusion", "diffusion_views", "pretrain_contrastive", "train_supervised", "ddad", "patchcore"}
+# Run by the main Snakemake process, never submitted (Snakefile `localrules`).
+LOCAL_RULES = {"aggregate", "figures", "track"}
 # Tiny real run: ELPV (PyPI package) at 32 px, 1 epoch, SimCLR only, classification only.
 TINY_CONFIG = {
     "run_name": "slurm-test",
@@ -86,9 +88,11 @@ def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(tmp_p
     assert defaults["slurm_partition"] == "main"
     assert {"runtime", "mem_mb", "cpus_per_task"} <= set(defaults)
     rules = prof["set-resources"]
-    # Every rule of the workflow has its own entry (a new rule must be sized for the cluster).
+    # Every submitted rule of the workflow has its own entry (a new rule must be sized for the
+    # cluster); local rules have none.
     in_workflow = workflow_rules(tmp_path)
-    assert set(rules) >= in_workflow | GPU_RULES, sorted(in_workflow - set(rules))
+    assert LOCAL_RULES <= in_workflow and not LOCAL_RULES & set(rules)
+    assert set(rules) >= (in_workflow - LOCAL_RULES) | GPU_RULES, sorted(in_workflow - LOCAL_RULES - set(rules))
     for name in GPU_RULES:
         assert rules[name]["gpu"] == 1, name
         assert rules[name]["slurm_partition"] == "gpu", name
@@ -99,6 +103,15 @@ def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(tmp_p
     # Every rule entry carries a comment saying what the job does.
     for name in rules:
         assert re.search(rf"^  {name}:\s+#", text, re.M), f"set-resources.{name} has no comment"
+
+
+def test_profile_groups_name_workflow_rules_and_have_a_size(tmp_path):
+    prof = yaml.safe_load(PROFILE.read_text())
+    groups = dict(entry.split("=") for entry in prof["groups"])
+    sizes = {name: int(n) for name, n in (entry.split("=") for entry in prof["group-components"])}
+    assert set(groups) <= workflow_rules(tmp_path) - LOCAL_RULES - GPU_RULES  # small CPU rules only
+    assert set(groups.values()) == set(sizes) and all(n >= 1 for n in sizes.values())
+    assert isinstance(prof["cores"], int)  # the width of a group job
 
 
 def test_default_profile_sets_no_resources():
@@ -158,6 +171,7 @@ def ci_profile(project: Path) -> str:
             res["mem_mb"] = min(res["mem_mb"], 3000)
         if "runtime" in res:
             res["runtime"] = min(res["runtime"], 15)
+    prof["cores"] = os.cpu_count() or 1  # group jobs no wider than this node
     prof["slurm-init-seconds-before-status-checks"] = 2
     prof["latency-wait"] = 5
     dest = project / "profiles" / "slurm-ci"
@@ -198,12 +212,15 @@ DATA_TARGETS = [
 ]
 ENCODER = "results/pretrain/simclr/elpv/classification/resnet18/seed0/encoder.pt"
 PROBE = "results/probe/simclr/elpv/resnet18/seed0/labels100/metrics.json"
-TARGETS = [PROBE, "results/supervised/elpv/resnet18/seed0/labels100/metrics.json"]
+CONTROL_PROBE = "results/probe/random/elpv/resnet18/seed0/labels100/metrics.json"
+TABLE = "results/tables/classification.parquet"  # aggregate: a local rule, never submitted
+TARGETS = [PROBE, CONTROL_PROBE, "results/supervised/elpv/resnet18/seed0/labels100/metrics.json", TABLE]
 
 
 def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
     project = working_copy(tmp_path)
-    write_config(project, TINY_CONFIG)
+    # With the random-init control probe: two probe jobs, packed into one Slurm group job.
+    write_config(project, {**TINY_CONFIG, "probe": {**TINY_CONFIG["probe"], "controls": ["random"]}})
     profile = ci_profile(project)
     config = ["--configfile", "config/test.yaml"]
     # The data stage locally (see the module docstring), the experiment jobs through Slurm.
@@ -241,7 +258,8 @@ def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
     assert not (project / ENCODER).exists()
 
     # Run 2: the rerun completes (the cancelled job is submitted again, the supervised baseline
-    # runs beside it on the other stand-in GPU).
+    # runs beside it on the other stand-in GPU; both probes run in one Slurm job, the profile's
+    # `probes` group; the table is aggregated by the main Snakemake process).
     proc2 = snakemake(project, *TARGETS, *base, timeout=RUN_TIMEOUT)
     out2 = proc2.stdout + proc2.stderr
     assert (project / ENCODER).exists(), out2[-3000:]
@@ -251,10 +269,11 @@ def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
     metrics = json.loads((project / ENCODER).with_name("metrics.json").read_text())
     assert metrics["device"] == "cpu"
 
-    # Where every job ran: GPU rules on `gpu` with one GPU, the rest on `main` without.
+    # Where every job ran: GPU rules on `gpu` with one GPU, the rest on `main` without; the two
+    # probes as one group job (submitted as `probes`), aggregate not submitted at all.
     jobs = _jobs(since)
     seen = Counter(j["rule"] for j in jobs)
-    assert seen == {"pretrain_contrastive": 2, "train_supervised": 1, "linear_probe": 1}, jobs
+    assert seen == {"pretrain_contrastive": 2, "train_supervised": 1, "probes": 1}, jobs
     for job in jobs:
         fields = _job_fields(job["id"])
         if job["id"] == cancelled:
