@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,10 +66,17 @@ Path(snakemake.output[0]).touch()  # noqa: F821
 """
 
 
-def wall(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
+def cost(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a command and every process it waited for.
+
+    CPU seconds (user + system) hardly depend on how busy the shared machine is; wall seconds do.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -83,8 +91,8 @@ def main() -> None:
     envs = {name: dict(os.environ, PYTHONPATH=src) for name, src in variants.items()}
 
     load_start = os.getloadavg()[0]
-    imports: dict[tuple[str, str], list[float]] = {}
-    noop: dict[str, list[float]] = {}
+    imports: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    noop: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "Snakefile").write_text(NOOP_SNAKEFILE.format(jobs=args.jobs))
@@ -93,23 +101,28 @@ def main() -> None:
         for r in range(args.repeats):
             for name, env in envs.items():
                 for stage, module in STAGES.items():
-                    imports.setdefault((name, stage), []).append(wall([sys.executable, "-c", f"import {module}"], env))
+                    imports.setdefault((name, stage), []).append(cost([sys.executable, "-c", f"import {module}"], env))
                 shutil.rmtree(work / "out", ignore_errors=True)
-                with_jobs = wall(snakemake, env, work)
-                without = wall(snakemake, env, work)  # every output present: nothing to run
-                noop.setdefault(name, []).append((with_jobs - without) / args.jobs)
+                with_jobs = cost(snakemake, env, work)
+                without = cost(snakemake, env, work)  # every output present: nothing to run
+                noop.setdefault(name, []).append(tuple((a - b) / args.jobs for a, b in zip(with_jobs, without)))
             print(f"round {r + 1}/{args.repeats} done", flush=True)
     load_end = os.getloadavg()[0]
 
     names = list(variants)
-    med = {k: statistics.median(v) for k, v in imports.items()}
-    head = "| stage (module) | " + " | ".join(f"{n} s" for n in names) + (" | ratio |" if len(names) == 2 else " |")
-    rows = []
-    for stage, module in STAGES.items():
-        vals = [med[(n, stage)] for n in names]
-        ratio = f" {vals[0] / vals[1]:.1f}x |" if len(names) == 2 else ""
-        rows.append(f"| {stage} (`{module}`) | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
-    noop_row = " | ".join(f"{statistics.median(noop[n]):.2f}" for n in names)
+
+    def median(values: list[tuple[float, float]], which: int) -> float:
+        return statistics.median(v[which] for v in values)
+
+    def table(which: int) -> list[str]:
+        head = "| stage (module) | " + " | ".join(names) + (" | before / after |" if len(names) == 2 else " |")
+        rows = [head, "|---|" + "---|" * len(names) + ("---|" if len(names) == 2 else "")]
+        for stage, module in STAGES.items():
+            vals = [median(imports[(n, stage)], which) for n in names]
+            ratio = f" {vals[0] / vals[1]:.1f}x |" if len(names) == 2 else ""
+            rows.append(f"| {stage} (`{module}`) | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
+        return rows
+
     lines = [
         "# Start-up cost per job: stage imports and a no-op job",
         "",
@@ -118,15 +131,21 @@ def main() -> None:
         f"{load_start:.1f} at start, {load_end:.1f} at end), Python {platform.python_version()}. "
         f"Variants: {', '.join(f'{n} = `{s}`' for n, s in variants.items())}. {args.repeats} interleaved rounds, medians.",
         "",
-        "## `python -c 'import <module>'`, wall seconds (includes the interpreter's own start, ~0.05 s)",
+        "## `python -c 'import <module>'`: CPU seconds (user + system; the load-independent figure)",
         "",
-        head,
-        "|---|" + "---|" * len(names) + ("---|" if len(names) == 2 else ""),
-        *rows,
+        *table(1),
         "",
-        f"## Overhead of one no-op job (score_anomaly's module), seconds: {noop_row} ({', '.join(names)})",
+        "## The same, wall seconds (inflated by the machine's load)",
         "",
-        f"(`snakemake --cores 1` with {args.jobs} no-op jobs minus the same call with nothing to do, per job.)",
+        *table(0),
+        "",
+        f"## One no-op job (score_anomaly's module): `snakemake --cores 1` with {args.jobs} no-op jobs minus the "
+        "same call with nothing to do, per job",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| CPU s | " + " | ".join(f"{median(noop[n], 1):.2f}" for n in names) + " |",
+        "| wall s | " + " | ".join(f"{median(noop[n], 0):.2f}" for n in names) + " |",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,6 @@ def test_profile_groups_name_workflow_rules_and_have_a_size(tmp_path):
     sizes = {name: int(n) for name, n in (entry.split("=") for entry in prof["group-components"])}
     assert set(groups) <= workflow_rules(tmp_path) - LOCAL_RULES - GPU_RULES  # small CPU rules only
     assert set(groups.values()) == set(sizes) and all(n >= 1 for n in sizes.values())
-    assert isinstance(prof["cores"], int)  # the width of a group job
 
 
 def test_default_profile_sets_no_resources():
@@ -171,7 +170,6 @@ def ci_profile(project: Path) -> str:
             res["mem_mb"] = min(res["mem_mb"], 3000)
         if "runtime" in res:
             res["runtime"] = min(res["runtime"], 15)
-    prof["cores"] = os.cpu_count() or 1  # group jobs no wider than this node
     prof["slurm-init-seconds-before-status-checks"] = 2
     prof["latency-wait"] = 5
     dest = project / "profiles" / "slurm-ci"
