@@ -178,16 +178,17 @@ def ci_profile(project: Path) -> str:
     return str(dest)
 
 
-def _jobs(since: int) -> list[dict[str, str]]:
-    """Slurm jobs with id > since: id, rule, state. The executor submits with
-    `--comment rule_<rule>` or `rule_<rule>_wildcards_<values>`."""
+def _jobs(since: int, workdir: Path) -> list[dict[str, str]]:
+    """This test's Slurm jobs (id > since, submitted from ``workdir``, so another Slurm user's jobs
+    never count): id, rule, state. The executor submits with `--comment rule_<rule>` or
+    `rule_<rule>_wildcards_<values>`; a group job's <rule> is `<group>_<its rules>`."""
     out = subprocess.run(
-        ["squeue", "-h", "--states=all", "-o", "%i|%k|%T"], capture_output=True, text=True, check=True
+        ["squeue", "-h", "--states=all", "-o", "%i|%k|%T|%Z"], capture_output=True, text=True, check=True
     ).stdout
     jobs = []
     for line in out.splitlines():
-        jid, comment, state = line.strip().split("|")
-        if int(jid) > since and comment.startswith("rule_"):
+        jid, comment, state, where = line.strip().split("|")
+        if int(jid) > since and comment.startswith("rule_") and Path(where) == workdir:
             rule = comment.removeprefix("rule_").split("_wildcards_")[0]
             jobs.append({"id": jid, "rule": rule, "state": state})
     return jobs
@@ -238,7 +239,7 @@ def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
         cancelled = None
         deadline = time.monotonic() + RUN_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
-            running = [j for j in _jobs(since) if j["rule"] == "pretrain_contrastive" and j["state"] == "RUNNING"]
+            running = [j for j in _jobs(since, project) if j["rule"] == "pretrain_contrastive" and j["state"] == "RUNNING"]
             if running:
                 cancelled = running[0]["id"]
                 fields = _job_fields(cancelled)
@@ -268,10 +269,10 @@ def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
     assert metrics["device"] == "cpu"
 
     # Where every job ran: GPU rules on `gpu` with one GPU, the rest on `main` without; the two
-    # probes as one group job (submitted as `probes`), aggregate not submitted at all.
-    jobs = _jobs(since)
+    # probes as one group job (`probes_linear_probe`), aggregate not submitted at all.
+    jobs = _jobs(since, project)
     seen = Counter(j["rule"] for j in jobs)
-    assert seen == {"pretrain_contrastive": 2, "train_supervised": 1, "probes": 1}, jobs
+    assert seen == {"pretrain_contrastive": 2, "train_supervised": 1, "probes_linear_probe": 1}, jobs
     for job in jobs:
         fields = _job_fields(job["id"])
         if job["id"] == cancelled:
