@@ -201,8 +201,8 @@ def kcenter_greedy(
 
     Threads: the per-pick work (a ``pool`` x d matrix-vector product, an argmax) is microseconds,
     too small to split; run with several threads, every pick waits for the slowest thread, and on
-    a shared node a descheduled thread makes that wait a time slice (50x slower with one busy
-    neighbour process). So picks run on one thread and only the update GEMMs use all of them.
+    a shared node a descheduled thread makes that wait a time slice (measured: 126 s instead of
+    2.3 s beside one busy process). So picks run on one thread and only the update GEMMs use all.
     """
     num = points.shape[0]
     n = int(n)
