@@ -38,7 +38,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "scripts" / "local-slurm.sh"
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 # docs/CONTRACTS.md: rule names the profile sets resources by.
-GPU_RULES = {"pretrain_diffusion", "diffusion_views", "pretrain_contrastive", "train_supervised", "ddad", "patchcore"}
+GPU_RULES = {"pretrain_diffusion", "diffusion_views", "pretrain_contrastive", "train_supervised", "ddad", "patchcore",
+             "budget_pretrain"}
 # Run by the main Snakemake process, never submitted (Snakefile `localrules`).
 LOCAL_RULES = {"aggregate", "figures", "track"}
 # Tiny real run: ELPV (PyPI package) at 32 px, 1 epoch, SimCLR only, classification only.
