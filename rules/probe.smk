@@ -4,6 +4,9 @@
 # the backbone as initialised by probe.pretrained, without any self-supervised training.
 
 
+include: "probe_helpers.smk"
+
+
 rule linear_probe:
     input:
         unpack(probe_inputs),
@@ -11,8 +14,12 @@ rule linear_probe:
         metrics="results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json",
         predictions="results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/predictions.parquet",
         history="results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/history.parquet",
+        # the linear head (for Grad-CAM figures); a logistic probe has none
+        **PROBE_HEAD,
+    wildcard_constraints:
+        method=registry.wildcard_pattern("contrastive_methods") + "|pretrained",
     params:
-        cfg=config_slice("probe"),
+        cfg=job_params("linear_probe"),
         fraction=lambda wildcards: fraction(wildcards.pct),
     threads: 2
     log:
@@ -23,5 +30,3 @@ rule linear_probe:
         "../envs/defectbench.yaml"
     script:
         "../workflow_scripts/linear_probe.py"
-
-

@@ -17,7 +17,7 @@ rule aggregate:
         markdown=expand("results/tables/{name}.md", name=TABLE_NAMES),
         html=[_table_report(n) for n in TABLE_NAMES],
     params:
-        cfg=config_slice("report"),
+        cfg=job_params("aggregate"),
         paper_datasets=paper_datasets(),
     log:
         "logs/aggregate/aggregate.log",
@@ -41,7 +41,7 @@ rule figures:
             labels={"figure": "{kind}", "subject": "{name}"},
         ),
     params:
-        cfg=config_slice("report"),
+        cfg=job_params("figures"),
     threads: 2
     log:
         "logs/figures/figures.log",
@@ -64,7 +64,7 @@ rule track:
     output:
         TRACK_SENTINEL,
     params:
-        cfg=config_slice("tracking", run_name=config["run_name"]),
+        cfg=job_params("track"),
         parent_artifacts=["results/tables"] + ([FIGURES_DIR] if config["report"]["figures"] else []),
     log:
         "logs/track/track.log",

@@ -16,10 +16,12 @@ import torch
 from defectbench.data.cache import split_images
 from defectbench.diffusion import ddpm, views
 from defectbench.runtime import DefectbenchError
+from job_cfg import job_cfg
 
 CPU = torch.device("cpu")
-TINY = {"epochs": 1, "batch_size": 4, "block_out_channels": [8, 16], "layers_per_block": 1, "checkpoint_every": 1,
-        "lr": 1e-3, "ema_decay": 0.999}
+SECTION = {"epochs": 1, "batch_size": 4, "block_out_channels": [8, 16], "layers_per_block": 1, "checkpoint_every": 1,
+           "lr": 1e-3, "ema_decay": 0.999, "views": {"k": 2, "ddim_steps": 5, "batch_size": 8}}
+TINY = job_cfg("pretrain_diffusion", {"diffusion": SECTION})["diffusion"]
 
 
 def smooth_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -225,8 +227,8 @@ def test_pretrain_and_views_stages(tmp_path):
     split_path = tmp_path / "split.parquet"
     split.to_parquet(split_path)
     out = tmp_path / "diffusion" / "ds" / "classification" / "seed0"
-    cfg = {"diffusion": {**TINY, "views": {"k": 2, "ddim_steps": 5, "batch_size": 8}}, "device": "cpu",
-           "protocol": "clean", "code_version": "t"}
+    cfg = job_cfg("pretrain_diffusion", {"diffusion": SECTION})
+    cfg["diffusion"].update(job_cfg("diffusion_views", {"diffusion": SECTION})["diffusion"])  # one cfg for both stages
     record = ddpm.pretrain_diffusion(cache, split_path, out / "model", out / "metrics.json", out / "history.parquet",
                                      cfg, dataset="ds", task="classification", seed=0)
     assert record["stage"] == "pretraining" and record["method"] == "ddpm" and record["task"] == "classification"

@@ -28,6 +28,7 @@ from defectbench.anomaly.patchcore import (  # noqa: E402
 )
 from defectbench.models.backbones import FeatureExtractor  # noqa: E402
 from defectbench.runtime import DefectbenchError  # noqa: E402
+from job_cfg import job_cfg  # noqa: E402
 
 
 def brute_force_kcenter(points: torch.Tensor, n: int, starts: torch.Tensor) -> list[int]:
@@ -178,7 +179,7 @@ def test_bad_split_is_a_one_line_error(tmp_path):
     with pytest.raises(DefectbenchError, match="no 'holdout' images"):
         run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=tmp_path / "nohold.parquet",
                       metrics_path=tmp_path / "m.json", scores_path=tmp_path / "s.parquet", maps_path=tmp_path / "x.npy",
-                      cfg={"device": "cpu", "patchcore": {"backbone": "resnet18"}}, dataset="mt", seed=0)
+                      cfg=job_cfg("patchcore", {"patchcore": {"backbone": "resnet18"}}), dataset="mt", seed=0)
     assert not (tmp_path / "m.json").exists()
 
 

@@ -146,8 +146,8 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
 
     pcfg = cfg["probe"]
     with Timer() as timer:
-        device = pick_device(cfg.get("device", "auto"))
-        amp = effective_amp(device, pcfg.get("amp", "none"))
+        device = pick_device(cfg["device"])
+        amp = effective_amp(device, pcfg["amp"])
         seed_everything(seed)
         images = load_cache(cache_path)
         manifest = read_manifest(manifest_path)
@@ -162,15 +162,15 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
                  method, dataset, backbone, seed, len(labelled), 100 * fraction, len(test), n_classes, device)
 
         encoder, dim = load_feature_source(method, encoder_path=encoder_path, backbone=backbone,
-                                           pretrained=pcfg.get("pretrained", "none"), device=device)
-        fbs = int(pcfg.get("feature_batch_size", 256))
+                                           pretrained=pcfg.get("pretrained"), device=device)
+        fbs = int(pcfg["feature_batch_size"])
         train_images = images[labelled["row"].to_numpy()]
         test_feats = extract_features(encoder, images[test["row"].to_numpy()], device, fbs, amp)
-        if pcfg.get("augment", True):
+        if pcfg["augment"]:
             gen = torch.Generator(device=device)
             gen.manual_seed(seed)
-            crop_scale = (float(pcfg.get("crop_scale_min", 0.2)), 1.0)
-            n_views = int(pcfg.get("augment_views", 8))
+            crop_scale = (float(pcfg["crop_scale_min"]), 1.0)
+            n_views = int(pcfg["augment_views"])
             train_views = np.stack([
                 extract_features(encoder, train_images, device, fbs, amp,
                                  transform=lambda x: random_resized_crop_flip(x, gen, crop_scale))
@@ -182,7 +182,7 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
         y_train = labelled["label"].to_numpy()
         y_test = test["label"].to_numpy()
 
-        kind = pcfg.get("kind", "linear")
+        kind = pcfg["kind"]
         if kind == "linear":
             probe, history = train_linear_probe(
                 train_views, y_train, n_classes, epochs=int(pcfg["epochs"]), batch_size=int(pcfg["batch_size"]),

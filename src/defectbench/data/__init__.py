@@ -9,20 +9,8 @@ Public entry points (one per pipeline rule, plus readers used by every later sta
 
 Pixel rules (bit depth, transparency, resize policy) live in :mod:`defectbench.data.pixels`;
 :mod:`defectbench.data.inspect` recognises a user's folder for ``defectbench new-dataset``.
+
+Import them from their modules: this ``__init__`` re-exports nothing, because a job's code
+fingerprint (:mod:`defectbench.fingerprint`) follows what ``__init__`` imports, and a re-export
+would make every job that reads a split depend on the layout scanners too.
 """
-
-from defectbench.data.cache import build_cache, load_cache
-from defectbench.data.manifest import build_manifest, read_manifest
-from defectbench.data.sources import fetch_dataset
-from defectbench.data.splits import labelled_subset, make_split, write_split
-
-__all__ = [
-    "build_cache",
-    "build_manifest",
-    "fetch_dataset",
-    "labelled_subset",
-    "load_cache",
-    "make_split",
-    "read_manifest",
-    "write_split",
-]

@@ -5,28 +5,7 @@
 * :mod:`defectbench.metrics.anomaly`: image AUROC/AUPRC, thresholded metrics at a threshold fitted
   on held-out nominal scores, the F1-max oracle, pixel AUROC and PRO (standard and DDAD-compatible).
 * :mod:`defectbench.metrics.clustering`: NMI, ARI and micro F1 after Hungarian matching.
+
+This ``__init__`` re-exports nothing (see :mod:`defectbench.fingerprint`): a probe job must not
+depend on the anomaly metrics' code.
 """
-
-from defectbench.metrics.anomaly import (
-    binary_auroc,
-    evaluate_anomaly,
-    leaky_percentile_metrics,
-    per_region_overlap,
-    pixel_auroc,
-    pixel_metrics,
-)
-from defectbench.metrics.classification import classification_metrics, confusion
-from defectbench.metrics.clustering import clustering_metrics, hungarian_match
-
-__all__ = [
-    "binary_auroc",
-    "classification_metrics",
-    "clustering_metrics",
-    "confusion",
-    "evaluate_anomaly",
-    "hungarian_match",
-    "leaky_percentile_metrics",
-    "per_region_overlap",
-    "pixel_auroc",
-    "pixel_metrics",
-]
