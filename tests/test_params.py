@@ -126,7 +126,7 @@ def test_data_params_read_only_the_layout_keys_of_that_layout():
     pcb = _job("build_manifest", cfg, dataset="pcb")["dataset"]
     assert "crop_padding" not in folder and {"classes", "nominal_classes"} <= set(folder)
     assert pcb["crop_padding"] == 8 and "classes" not in pcb
-    assert set(_job("build_cache", cfg, dataset="neu")) == {"code"}
+    assert set(_job("build_cache", cfg, dataset="neu")["dataset"]) == {"alpha_background", "resize", "resize_to"}
 
 
 def test_unknown_dataset_in_a_target_names_the_defined_ones():

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,22 @@ def _inject_registries(node: Any) -> Any:
             for name, e in entries.items()
         })
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _dataset_defaults() -> dict[str, Any]:
+    props = load_schema()["properties"]["datasets"]["additionalProperties"]["properties"]
+    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+
+
+def with_dataset_defaults(entry: dict[str, Any]) -> dict[str, Any]:
+    """A dataset entry completed with the schema's defaults (for the data stage's library functions,
+    which may be called with a partial entry outside the workflow; the schema stays the one source).
+
+    >>> with_dataset_defaults({"layout": "elpv"})["test_fraction"]
+    0.2
+    """
+    return {**copy.deepcopy(_dataset_defaults()), **entry}
 
 
 def read_yaml(path: str | Path) -> Any:

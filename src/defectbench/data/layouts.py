@@ -508,7 +508,10 @@ def scan_yolo(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) 
 
 def scan_layout(layout: str, root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None, workers: int = 2) -> Scan:
     """Dispatch to the layout's scanner (registered in :data:`defectbench.registry.LAYOUTS`)."""
+    from defectbench.config import with_dataset_defaults
+
     scanner = registry.implementation("layouts", layout)
+    cfg = with_dataset_defaults(cfg)
     if not root.is_dir():
         raise DefectbenchError(f"{root}: dataset directory not found; rerun the fetch_dataset rule")
     if layout == "deeppcb":

@@ -187,6 +187,9 @@ def build_manifest(
     project_root: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Scan the fetched dataset with its layout, subsample, verify, and write the manifest Parquet."""
+    from defectbench.config import with_dataset_defaults
+
+    dataset_cfg = with_dataset_defaults(dataset_cfg)
     project_root = Path(project_root or Path.cwd())
     record = read_marker(marker)
     root = resolve_path(record["root"], project_root)

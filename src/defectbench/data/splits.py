@@ -207,6 +207,9 @@ def clustering_split(manifest: pd.DataFrame, seed: int, **anomaly_kwargs: Any) -
 
 def make_split(manifest: pd.DataFrame, task: str, seed: int, dataset_cfg: dict[str, Any]) -> pd.DataFrame:
     """The split of ``task`` for one seed, with fractions from the dataset's config entry."""
+    from defectbench.config import with_dataset_defaults
+
+    dataset_cfg = with_dataset_defaults(dataset_cfg)
     test_fraction = float(dataset_cfg["test_fraction"])
     official = bool(dataset_cfg["official_split"])
     if task == "classification":
