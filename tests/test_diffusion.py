@@ -41,7 +41,7 @@ def smooth_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return ddpm.build_unet(16, [8, 16], 1).eval(), ddpm.make_scheduler({})
+    return ddpm.build_unet(16, [8, 16], 1).eval(), ddpm.make_scheduler(TINY)
 
 
 # ----------------------------------------------------------------------------- schedule and noising
@@ -65,7 +65,7 @@ def test_noise_images_by_hand_and_against_diffusers():
     # sqrt(.64)=.8, sqrt(.36)=.6 ; second: sqrt(.36)=.6, sqrt(.64)=.8
     expected = torch.tensor([[[[0.8 + 0.3, -0.4 + 0.6]]], [[[0.12 - 0.8, 1.6]]]])
     torch.testing.assert_close(out, expected)
-    sched = ddpm.make_scheduler({})
+    sched = ddpm.make_scheduler(TINY)
     table = ddpm.scheduler_table(sched)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 3, 4, 4, generator=g)

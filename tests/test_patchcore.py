@@ -148,12 +148,10 @@ def test_map_sample_spreads_over_both_classes():
 def test_patchcore_end_to_end_on_real_magnetic_tiles(tmp_path):
     paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
     out = tmp_path / "out"
-    cfg = {"device": "cpu", "protocol": "clean", "threshold_quantile": 0.95,
-           "patchcore": {"backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"],
-                         "pretrain_dim": 64, "target_dim": 64, "patchsize": 3, "coreset_ratio": 0.25,
-                         "projection_dim": 16, "num_neighbors": 1, "reweight": False, "smoothing_sigma": 4.0,
-                         "batch_size": 8},
-           "metrics": {"pro_mode": "standard", "pro_fpr_limit": 0.3}}
+    cfg = job_cfg("patchcore", {"patchcore": {
+        "backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"], "pretrain_dim": 64,
+        "target_dim": 64, "patchsize": 3, "coreset_ratio": 0.25, "projection_dim": 16, "num_neighbors": 1,
+        "reweight": False, "smoothing_sigma": 4.0, "batch_size": 8}})
     record = run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=paths["anomaly"],
                            metrics_path=out / "metrics.json", scores_path=out / "scores.parquet",
                            maps_path=out / "maps.npy", cfg=cfg, dataset="mt", seed=0)
