@@ -144,8 +144,8 @@ def test_domain_adaptation_batchnorm_buffers(da_bn, one_torch_thread):
     torch.manual_seed(0)
     unet = ddpm.build_unet(32, [8, 16], 1, attention_levels=0).eval()
     images = np.stack([nominal_image(np.random.default_rng(i), 32) for i in range(8)])
-    cfg = {"feature_backbone": "efficientnet_lite0", "pretrained": "package", "da_epochs": 2, "batch_size": 8,
-           "steps": 50, "skip": 25, "da_bn": da_bn}
+    cfg = job_cfg("ddad", {"ddad": {"feature_backbone": "efficientnet_lite0", "pretrained": "package", "da_epochs": 2,
+                                    "batch_size": 8, "steps": 50, "skip": 25, "da_bn": da_bn}})["ddad"]
     loaded = build_model("efficientnet_lite0", "package")
     fe, history = ddad.adapt_feature_extractor(unet, TABLE, images, cfg, seed=0, device=CPU,
                                                checkpoint_path=Path(tempfile.mkdtemp()) / "ckpt.pt")
@@ -338,7 +338,7 @@ class ZeroEps(torch.nn.Module):
 def test_mask_reconstruction_errors_by_hand():
     """With ε̂ = 0 every DDIM step rescales x_t, so the trajectory ends at x_t*/sqrt(ᾱ_t*) =
     x + sqrt((1-ᾱ)/ᾱ)·noise: the error is the same noise inside and outside the masks."""
-    scheduler = ddpm.make_scheduler({})
+    scheduler = ddpm.make_scheduler(job_cfg("pretrain_diffusion")["diffusion"])
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     masks = np.zeros((3, 8, 8), bool)
