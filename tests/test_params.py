@@ -118,6 +118,10 @@ def test_scorer_jobs_read_their_own_keys_and_leaky_only_when_faithful():
     assert "knn_k" not in _job("score_anomaly", cfg, scorer="cosine")["anomaly"]
     assert "leaky_percentile" not in _job("score_anomaly", cfg, scorer="cosine")["anomaly"]
     assert "leaky_percentile" in _job("score_anomaly", _cfg(protocol="faithful"), scorer="cosine")["anomaly"]
+    # one job per feature set (no {scorer} wildcard): every configured scorer, and their keys
+    per_features = _job("score_anomaly", _cfg(anomaly={"scorers": ["cosine", "knn"]}), features="simclr")["anomaly"]
+    assert per_features["scorers"] == ["cosine", "knn"] and per_features["knn_k"] == 5
+    assert "knn_k" not in _job("score_anomaly", _cfg(anomaly={"scorers": ["cosine"]}), features="simclr")["anomaly"]
 
 
 def test_data_params_read_only_the_layout_keys_of_that_layout():
@@ -148,8 +152,8 @@ def test_every_rule_gets_its_params_from_the_library():
 def _closure_of(rule, **wildcards):
     modules = list(script_imports(ROOT / "workflow_scripts" / f"{rule}.py"))
     if rule in params.IMPLEMENTATIONS:
-        wildcard, family = params.IMPLEMENTATIONS[rule]
-        modules.append(registry.entry(family, wildcards[wildcard]).implementation.partition(":")[0])
+        family, names = params.IMPLEMENTATIONS[rule](_cfg(), wildcards)
+        modules += [registry.entry(family, name).implementation.partition(":")[0] for name in names]
     return {p.relative_to(PACKAGE_ROOT).as_posix() for p in module_closure(modules)}
 
 

@@ -130,11 +130,20 @@ def anomaly_features(config, wc) -> Params:
     return {"device": config["device"], "anomaly": _pick(config["anomaly"], keys)}
 
 
+def _scorers(config, wc) -> list[str]:
+    """The scorers a score_anomaly job runs: its {scorer} wildcard, or (one job per feature set)
+    every configured scorer."""
+    return [wc["scorer"]] if "scorer" in wc.keys() else list(config["anomaly"]["scorers"])
+
+
 def score_anomaly(config, wc) -> Params:
-    keys = ["threshold_quantile", "refit_on_holdout", *registry.entry("anomaly_scorers", wc["scorer"]).reads]
-    if config["protocol"] == "faithful":
-        keys.append("leaky_percentile")
-    return {"protocol": config["protocol"], "anomaly": _pick(config["anomaly"], keys)}
+    scorers = _scorers(config, wc)
+    reads = sorted({key for name in scorers for key in registry.entry("anomaly_scorers", name).reads})
+    keys = ["threshold_quantile", "refit_on_holdout", *reads] + (["leaky_percentile"] if config["protocol"] == "faithful" else [])
+    section = _pick(config["anomaly"], keys)
+    if "scorer" not in wc.keys():
+        section["scorers"] = scorers
+    return {"protocol": config["protocol"], "anomaly": section}
 
 
 def patchcore(config, wc) -> Params:
@@ -174,16 +183,20 @@ STAGES: dict[str, Callable[[Mapping[str, Any], Wildcards], Params]] = {
         aggregate, figures, track,
     )
 }
-# Rule -> (wildcard, registry family) of the registered implementation its jobs call.
-IMPLEMENTATIONS = {"pretrain_contrastive": ("method", "contrastive_methods"), "score_anomaly": ("scorer", "anomaly_scorers")}
+# Rule -> the registered implementations its job calls (dispatched by name, so not visible to the
+# import parser): (family, names).
+IMPLEMENTATIONS: dict[str, Callable[[Mapping[str, Any], Wildcards], tuple[str, list[str]]]] = {
+    "pretrain_contrastive": lambda config, wc: ("contrastive_methods", [wc["method"]]),
+    "score_anomaly": lambda config, wc: ("anomaly_scorers", _scorers(config, wc)),
+}
 
 
-def job_code(rule: str, wc: Wildcards, scripts_dir: str | Path = SCRIPTS_DIR) -> str:
-    """Fingerprint of what the rule's script imports plus the job's registered implementation."""
+def job_code(rule: str, config: Mapping[str, Any], wc: Wildcards, scripts_dir: str | Path = SCRIPTS_DIR) -> str:
+    """Fingerprint of what the rule's script imports plus the job's registered implementations."""
     modules = list(script_imports(Path(scripts_dir) / f"{rule}.py"))
     if rule in IMPLEMENTATIONS:
-        wildcard, family = IMPLEMENTATIONS[rule]
-        modules.append(registry.entry(family, wc[wildcard]).implementation.partition(":")[0])
+        family, names = IMPLEMENTATIONS[rule](config, wc)
+        modules += [registry.entry(family, name).implementation.partition(":")[0] for name in names]
     return code_fingerprint(modules)
 
 
@@ -191,4 +204,4 @@ def job_params(rule: str, config: Mapping[str, Any], wc: Wildcards, scripts_dir:
     """``params.cfg`` of one job of ``rule``: what it reads, plus its code fingerprint."""
     if rule not in STAGES:
         raise DefectbenchError(f"params: no params function for rule {rule!r}; add one to defectbench/params.py")
-    return {**STAGES[rule](config, wc), "code": job_code(rule, wc, scripts_dir)}
+    return {**STAGES[rule](config, wc), "code": job_code(rule, config, wc, scripts_dir)}
