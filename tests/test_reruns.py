@@ -89,7 +89,8 @@ class Project:
 
     def snakemake(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         write_config(self.root, self.cfg, Path(CONFIG).name)
-        return snakemake(self.root, "--cores", "2", "--configfile", CONFIG, *args, env=self.env, **kwargs)
+        # targets before --configfile, which would take them as more config files
+        return snakemake(self.root, *args, "--cores", "2", "--configfile", CONFIG, env=self.env, **kwargs)
 
     def edit_library(self, rel: str) -> None:
         """A real edit that changes no behaviour: a comment appended to src/defectbench/<rel>."""
@@ -279,7 +280,7 @@ def _run_until_checkpoint(proj: Project) -> None:
     Snakemake itself sees the job die, as on a cluster."""
     write_config(proj.root, proj.cfg, Path(CONFIG).name)
     env = {**os.environ, **proj.env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [str(VENV_BIN / "snakemake"), "--cores", "2", "--configfile", CONFIG, TARGET]
+    cmd = [str(VENV_BIN / "snakemake"), TARGET, "--cores", "2", "--configfile", CONFIG]
     proc = subprocess.Popen(cmd, cwd=proj.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while proc.poll() is None and not list((proj.root / ENCODER_DIR).glob("checkpoint-*.pt")):
