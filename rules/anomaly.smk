@@ -1,9 +1,9 @@
 # Image-level anomaly scorers on frozen features (specs B): features of every anomaly-split image
 # are extracted once per feature source (anomaly_features) and shared by every scorer
 # (score_anomaly). Feature sources (defectbench.registry.FEATURE_SOURCES): contrastive methods
-# pretrained on the split's nominal train images (backbone = first of `backbones`), or
-# 'pretrained' (the backbone as initialised by anomaly.pretrained).
-# Library: defectbench.anomaly.image_level.
+# pretrained on the split's nominal train images (backbone = first of `backbones`), and the
+# controls 'random' (that backbone at random init) and 'pretrained' (anomaly.pretrained weights on
+# anomaly.pretrained_backbone, default the same backbone). Library: defectbench.anomaly.image_level.
 
 
 include: "anomaly_helpers.smk"
@@ -32,8 +32,8 @@ rule anomaly_features:
 
 rule score_anomaly:
     input:
-        features=f"results/anomaly/features/{{features}}/{ANOMALY_BACKBONE}/{{dataset}}/seed{{seed}}/features.npz",
-        info=f"results/anomaly/features/{{features}}/{ANOMALY_BACKBONE}/{{dataset}}/seed{{seed}}/features.npz.json",
+        features=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz",
+        info=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz.json",
         split="results/data/{dataset}/splits/anomaly-seed{seed}.parquet",
     output:
         metrics="results/anomaly/{scorer}/{features}/{dataset}/seed{seed}/metrics.json",
@@ -43,7 +43,7 @@ rule score_anomaly:
         features=registry.wildcard_pattern("feature_sources"),
     params:
         cfg=job_params("score_anomaly"),
-        backbone=ANOMALY_BACKBONE,
+        backbone=lambda w: anomaly_backbone(w.features),
     log:
         "logs/score_anomaly/{scorer}/{features}/{dataset}/seed{seed}.log",
     conda:

@@ -2,7 +2,13 @@
 # final targets. Kept apart from the rules (snakemake --lint: no functions beside rules).
 
 
-ANOMALY_BACKBONE = BACKBONES[0]
+def anomaly_backbone(features):
+    """The backbone a feature source's scorers read: anomaly.pretrained_backbone for the
+    'pretrained' control when set (weights may exist for another backbone only), else the first
+    of `backbones`."""
+    if features == "pretrained" and config["anomaly"]["pretrained_backbone"]:
+        return config["anomaly"]["pretrained_backbone"]
+    return BACKBONES[0]
 
 
 def anomaly_feature_inputs(wildcards):
@@ -21,7 +27,10 @@ def anomaly_targets():
         "results/anomaly/{scorer}/{features}/{dataset}/seed{seed}/metrics.json",
         scorer=config["anomaly"]["scorers"],
         # Features of a method that needs the diffusion views: dropped when diffusion is disabled.
-        features=[f for f in config["anomaly"]["features"] if f == "pretrained" or f in contrastive_methods()],
+        features=[
+            f for f in config["anomaly"]["features"]
+            if "encoder" not in registry.entry("feature_sources", f).reads or f in contrastive_methods()
+        ],
         dataset=datasets_with("anomaly"),
         seed=SEEDS,
     )

@@ -1,7 +1,10 @@
-# Linear probes on frozen encoders (specs A.4, C.3): every contrastive method x classification
-# dataset x backbone x seed x label fraction (nested labelled subsets of the train split).
-# Library: defectbench.probe.run_linear_probe. Method 'pretrained' (probe.include_pretrained) is
-# the backbone as initialised by probe.pretrained, without any self-supervised training.
+# Linear probes on frozen encoders (specs A.4, C.3): one job per contrastive method (or control)
+# x classification dataset x backbone x seed evaluates every label fraction (nested labelled
+# subsets of the train split), extracting the encoder's features once. Controls
+# (probe.controls): 'random' = the backbone at random init, 'pretrained' = the backbone with
+# probe.pretrained weights, neither trained. Library: defectbench.probe.run_linear_probe.
+
+PROBE_DIR = "results/probe/{method}/{dataset}/{backbone}/seed{seed}"
 
 
 include: "probe_helpers.smk"
@@ -11,21 +14,20 @@ rule linear_probe:
     input:
         unpack(probe_inputs),
     output:
-        metrics="results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json",
-        predictions="results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/predictions.parquet",
-        history="results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/history.parquet",
-        # the linear head (for Grad-CAM figures); a logistic probe has none
-        **PROBE_HEAD,
+        metrics=expand(f"{PROBE_DIR}/labels{{pct}}/metrics.json", pct=LABEL_PCTS, allow_missing=True),
+        predictions=expand(f"{PROBE_DIR}/labels{{pct}}/predictions.parquet", pct=LABEL_PCTS, allow_missing=True),
+        history=expand(f"{PROBE_DIR}/labels{{pct}}/history.parquet", pct=LABEL_PCTS, allow_missing=True),
+        heads=expand(f"{PROBE_DIR}/labels{{pct}}/probe.pt", pct=LABEL_PCTS, allow_missing=True),
     wildcard_constraints:
-        method=registry.wildcard_pattern("contrastive_methods") + "|pretrained",
+        method=registry.wildcard_pattern("feature_sources"),
     params:
         cfg=job_params("linear_probe"),
-        fraction=lambda wildcards: fraction(wildcards.pct),
+        fractions=[fraction(p) for p in LABEL_PCTS],
     threads: 2
     log:
-        "logs/linear_probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}.log",
+        "logs/linear_probe/{method}/{dataset}/{backbone}/seed{seed}.log",
     benchmark:
-        "logs/benchmarks/linear_probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}.tsv"
+        "logs/benchmarks/linear_probe/{method}/{dataset}/{backbone}/seed{seed}.tsv"
     conda:
         "../envs/defectbench.yaml"
     script:

@@ -1,5 +1,6 @@
-# Report stage: aggregate (tables + published-vs-ours comparisons), track (the only MLflow
-# writer), figures. Library: defectbench.tables, defectbench.tracking, defectbench.figures.
+# Report stage: aggregate (tables + published-vs-ours comparisons + the claims table), track (the
+# only MLflow writer), figures. Library: defectbench.tables, defectbench.claims,
+# defectbench.tracking, defectbench.figures.
 #
 # The stage inputs are every other stage's registered metrics.json (all_targets() minus the
 # outputs of this stage), evaluated lazily so every rule file has registered its targets first.
@@ -12,10 +13,12 @@ rule aggregate:
     input:
         metrics=stage_metrics,
         published=PUBLISHED_CSVS,
+        claims=[CLAIMS_FILE] if CLAIMS_FILE else [],
     output:
         tables=expand("results/tables/{name}.parquet", name=TABLE_NAMES),
         markdown=expand("results/tables/{name}.md", name=TABLE_NAMES),
         html=[_table_report(n) for n in TABLE_NAMES],
+        claims=CLAIMS_OUTPUTS,
     params:
         cfg=job_params("aggregate"),
         paper_datasets=paper_datasets(),
@@ -53,16 +56,20 @@ rule figures:
         "../workflow_scripts/figures.py"
 
 
-# The MLflow store (results/mlflow.db by default) is deliberately not an output: Snakemake deletes
-# outputs before a job runs, which would drop the runs of earlier configs, and a server URI has no
-# file. The sentinel records what was synced (created / replaced / skipped runs).
+# The track rule syncs every job into the MLflow store and writes the marker only after reading
+# the store back (a run for every job). The embedded SQLite store is an output flagged update():
+# Snakemake reruns the rule when the file is deleted but never deletes it before a run (which
+# would drop the runs of earlier configs, e.g. on --forcerun track), and restores it if the
+# sync fails. track_metrics removes a marker whose store lost its runs. With a tracking server
+# the jobs have logged their own runs; the rule adds any that are missing and checks the count.
 rule track:
     input:
-        metrics=stage_metrics,
+        metrics=track_metrics,
         tables=expand("results/tables/{name}.md", name=TABLE_NAMES),
         figures=[FIGURES_DIR] if config["report"]["figures"] else [],
     output:
-        TRACK_SENTINEL,
+        marker=TRACK_SENTINEL,
+        **({"store": update(str(TRACKING_STORE))} if TRACKING_STORE else {}),
     params:
         cfg=job_params("track"),
         parent_artifacts=["results/tables"] + ([FIGURES_DIR] if config["report"]["figures"] else []),

@@ -1,14 +1,21 @@
-"""Shared fixtures: the real shared archives and tiny generated datasets laid out like the real ones.
+"""Shared fixtures: the committed real-image sample, the full real archives where present, and tiny
+generated datasets laid out like the real ones.
 
-Generated datasets are a few dozen 16-48 px images, so every data test runs in well under a second
-per case; layouts match the real archives exactly (MVTec AD, VisA, DeepPCB, magnetic tile,
-NEU-style image folders).
+Real images come from ``tests/data/`` (a 1.75 MB sample of the three archives, cut by
+``tests/data/make_sample.py``), so the suite runs on a fresh clone. The few tests that need the
+full archives in ``../shared/data`` ask for them through :func:`full_archive`: they skip with a
+one-line reason where the archives are absent, and fail instead under ``CI=true``, where every
+test must run. Generated datasets are a few dozen 16-48 px images, so every data test runs in well
+under a second per case; layouts match the real archives exactly (MVTec AD, VisA, DeepPCB,
+magnetic tile, NEU-style image folders).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -17,20 +24,34 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "data"
+FULL_ARCHIVES = ROOT.parent / "shared" / "data"
 
-SHARED_SHA256 = {
-    "neu-steel.tar.gz": "811f17755d04531bf6341da7f693a3e77e36bb631d10eea291138420b357d9c8",
-    "magnetic-tile.tar.gz": "310d9522e16807643007e7e653cca5a83ff391f1530682cc8ca1f12027d1e539",
-    "deeppcb.tar.gz": "c6849c84b10fcdbda5dd83f205e6a5186c2e6032adcd51e8c761326cf076c676",
-}
+sys.path.insert(0, str(SAMPLE))
+from make_sample import ARCHIVES as FULL_ARCHIVE_SHA256  # noqa: E402  (the sample's cutter knows the archives)
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip with a one-line ``reason``; under ``CI`` (set, not 0/false) fail instead: CI runs every test."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason}: under CI=true no test may skip", pytrace=False)
+    pytest.skip(reason)
+
+
+def full_archive(name: str) -> Path:
+    """``../shared/data/<name>``; where it is absent the test skips (fails under CI)."""
+    path = FULL_ARCHIVES / name
+    if not path.is_file():
+        skip_unless_ci(f"needs the full archive {path} (absent here; tests/data/README.md)")
+    return path
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """<repo>/../shared/data: the three real archives (see its README.md)."""
-    path = ROOT.parent / "shared" / "data"
-    assert path.is_dir(), f"{path} missing: the shared real-data archives are required by the data tests"
-    return path
+def full_archives() -> Path:
+    """The folder holding all three full archives (see :func:`full_archive`)."""
+    for name in FULL_ARCHIVE_SHA256:
+        full_archive(name)
+    return FULL_ARCHIVES
 
 
 # ----------------------------------------------------------------------------- image helpers

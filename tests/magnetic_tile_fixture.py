@@ -1,42 +1,39 @@
-"""A tiny decode-once set of REAL magnetic-tile images with pixel masks, straight from the shared archive.
+"""A tiny decode-once set of REAL magnetic-tile images with pixel masks, from the committed sample
+(tests/data/magnetic-tile).
 
 PatchCore and clustering tests need real defects with masks but not the data stage, so this reads
-the tarball itself and writes the contract files (cache, masks, manifest, anomaly and clustering
-splits) into a temporary directory.
+the sample's files itself and writes the contract files (cache, masks, manifest, anomaly and
+clustering splits) into a temporary directory.
 """
 
 from __future__ import annotations
 
 import functools
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic-tile.tar.gz"
+from conftest import SAMPLE
+
+MAGNETIC_TILE = SAMPLE / "magnetic-tile"
 DEFECTS = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
 
 
 @functools.lru_cache(maxsize=4)
 def magnetic_tile_arrays(n_free: int, n_per_defect: int, size: int):
     """(images (N,S,S,3) uint8, masks (N,S,S) uint8 0/1, class names): first files per class, sorted."""
-    wanted: dict[str, list[str]] = {}
-    with tarfile.open(ARCHIVE) as tar:
-        members = {m.name: m for m in tar.getmembers() if m.isfile()}
-        for cls in ("MT_Free", *DEFECTS):
-            jpgs = sorted(n for n in members if f"/{cls}/Imgs/" in n and n.endswith(".jpg"))
-            wanted[cls] = jpgs[: n_free if cls == "MT_Free" else n_per_defect]
-        images, masks, names = [], [], []
-        for cls, files in wanted.items():
-            for name in files:
-                im = Image.open(io.BytesIO(tar.extractfile(members[name]).read())).convert("RGB")
-                mk = Image.open(io.BytesIO(tar.extractfile(members[name[:-4] + ".png"]).read())).convert("L")
-                images.append(np.asarray(im.resize((size, size), Image.BILINEAR)))
-                masks.append((np.asarray(mk.resize((size, size), Image.NEAREST)) > 127).astype(np.uint8))
-                names.append(cls)
+    images, masks, names = [], [], []
+    for cls in ("MT_Free", *DEFECTS):
+        want = n_free if cls == "MT_Free" else n_per_defect
+        files = sorted((MAGNETIC_TILE / cls / "Imgs").glob("*.jpg"), key=lambda p: p.name)[:want]
+        assert len(files) == want, f"{MAGNETIC_TILE / cls}: the sample has {len(files)} images, {want} asked"
+        for path in files:
+            with Image.open(path) as im, Image.open(path.with_suffix(".png")) as mk:
+                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+                masks.append((np.asarray(mk.convert("L").resize((size, size), Image.NEAREST)) > 127).astype(np.uint8))
+            names.append(cls)
     return np.stack(images), np.stack(masks), names
 
 

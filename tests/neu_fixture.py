@@ -1,40 +1,33 @@
-"""A tiny decode-once cache of REAL NEU steel images, built straight from the shared archive.
+"""A tiny decode-once cache of REAL NEU steel images, from the committed sample (tests/data/neu-steel).
 
 The data stage is someone else's; these tests only need a few real images per class, so they read
-the tarball themselves (no download, no dependency on the data rules).
+the sample's files themselves (no download, no dependency on the data rules).
 """
 
 from __future__ import annotations
 
-import io
-import tarfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-NEU_ARCHIVE = Path("/work/shared/data/neu-steel.tar.gz")
+from conftest import SAMPLE
+
+NEU = SAMPLE / "neu-steel"
 
 
 def neu_images(per_class: int, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(uint8 (N,size,size,3) images, int labels, class names): the first ``per_class`` files per class."""
-    by_class: dict[str, list[tarfile.TarInfo]] = defaultdict(list)
-    with tarfile.open(NEU_ARCHIVE) as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith((".jpg", ".bmp", ".png"))),
-                         key=lambda m: m.name)
-        for m in members:
-            cls = Path(m.name).parent.name
-            if len(by_class[cls]) < per_class:
-                by_class[cls].append(m)
-        classes = sorted(by_class)
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for m in by_class[cls]:
-                with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
-                    images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
-                labels.append(label)
+    classes = sorted(p.name for p in NEU.iterdir() if p.is_dir())
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        files = sorted((NEU / cls).glob("*.jpg"), key=lambda p: p.name)[:per_class]
+        assert len(files) == per_class, f"{NEU / cls}: the sample has {len(files)} images, {per_class} asked"
+        for path in files:
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+            labels.append(label)
     return np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64), classes
 
 

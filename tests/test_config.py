@@ -57,7 +57,8 @@ def test_invalid_nested_dataset_value():
 
 
 def test_shipped_configs_validate():
-    for name in ("config/config.yaml", "config/paper.yaml", "config/shared-data.yaml", "config/reference.yaml"):
+    for name in ("config/config.yaml", "config/paper.yaml", "config/shared-data.yaml", "config/reference.yaml",
+                 "config/reference-next.yaml"):
         path = SCHEMA_PATH.parent.parent / name
         if path.exists():
             load_config(path)
@@ -148,6 +149,7 @@ def test_method_params_merge_over_the_method_defaults():
     ({"anomaly": {"features": ["simclr", "pretrained"], "pretrained": "package"}}, "anomaly.pretrained"),
     ({"patchcore": {"backbone": "resnet18", "pretrained": "package"}}, "patchcore.pretrained"),
     ({"contrastive": {"pretrained": "package"}}, "contrastive.pretrained"),
+    ({"probe": {"controls": ["random", "pretrained"], "pretrained": "package"}}, "probe.pretrained"),
 ])
 def test_package_weights_only_with_efficientnet(patch, key):
     cfg = copy.deepcopy(MINIMAL)
@@ -160,3 +162,16 @@ def test_package_weights_only_with_efficientnet(patch, key):
     if "patchcore" in patch:
         cfg["patchcore"]["backbone"] = "efficientnet_lite0"
     validate_config(cfg, SCHEMA_PATH)
+
+
+def test_pretrained_control_needs_weights_and_may_use_its_own_backbone():
+    cfg = copy.deepcopy(MINIMAL)
+    cfg["backbones"] = ["resnet18"]
+    cfg["probe"] = {"controls": ["random", "pretrained"]}
+    with pytest.raises(DefectbenchError, match=r"^config key probe.controls: 'pretrained' needs weights, but probe.pretrained is none"):
+        validate_config(copy.deepcopy(cfg), SCHEMA_PATH)
+    cfg["probe"].update(pretrained="package", pretrained_backbones=["efficientnet_lite0"])
+    out = validate_config(copy.deepcopy(cfg), SCHEMA_PATH)
+    assert out["probe"]["kind"] == "logistic" and out["supervised"]["augment"] == {"preset": "light"}
+    with pytest.raises(DefectbenchError, match=r"^config key anomaly.features: 'pretrained' needs weights"):
+        validate_config({**copy.deepcopy(MINIMAL), "anomaly": {"features": ["random", "pretrained"]}}, SCHEMA_PATH)

@@ -125,6 +125,17 @@ def test_elpv_from_pip_with_max_per_class(tmp_path):
     assert list(again.path) == list(df.path)
 
 
+def test_magnetic_tile_separate_nominal_and_defect_caps(tmp_path, magnetic_tile_root):
+    capped = {"layout": "magnetic_tile", "max_per_class": 1}
+    assert _build(tmp_path, magnetic_tile_root, capped).groupby("class_name").size().to_dict() == {
+        "Free": 1, "Crack": 1, "Blowhole": 1}
+    # all defect-free tiles kept while the defect classes stay capped, and the other way round
+    df = _build(tmp_path, magnetic_tile_root, {**capped, "max_nominal": 10})
+    assert df.groupby("class_name").size().to_dict() == {"Free": 4, "Crack": 1, "Blowhole": 1}
+    df = _build(tmp_path, magnetic_tile_root, {"layout": "magnetic_tile", "max_nominal": 2, "max_defective": None})
+    assert df.groupby("class_name").size().to_dict() == {"Free": 2, "Crack": 2, "Blowhole": 1}
+
+
 def test_subsample_per_class_stratified_seeded():
     items = [Item(Path(f"{c}/{i}.png"), c, False) for c in "xyz" for i in range(10 if c != "z" else 2)]
     a = subsample_per_class(items, 3)

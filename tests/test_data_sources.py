@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import save_image
+from conftest import SAMPLE, make_tar, save_image
 from defectbench.data.sources import download_url, fetch_dataset, pip_package_root, sha256_file
 from defectbench.runtime import DefectbenchError
 
@@ -22,20 +21,14 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return msg
 
 
+NEU_SAMPLE_IMAGES = 36  # tests/data/neu-steel: 6 classes x 6 images
+
+
 @pytest.fixture(scope="module")
-def small_archive(tmp_path_factory, shared_data) -> tuple[Path, str]:
-    """A small real tar.gz: the first 40 NEU images of the shared archive, repacked."""
-    d = tmp_path_factory.mktemp("small")
-    out = d / "neu-small.tar.gz"
-    with tarfile.open(shared_data / "neu-steel.tar.gz") as src, tarfile.open(out, "w:gz") as dst:
-        n = 0
-        for member in src:
-            if member.isdir() or n < 40:
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-                n += member.isfile()
-            if n >= 40 and member.isfile():
-                break
-    return out, sha256_file(out)
+def small_archive(tmp_path_factory) -> tuple[Path, str]:
+    """A small real tar.gz: the committed NEU sample (``neu-steel/<class>/*.jpg``), packed."""
+    out = tmp_path_factory.mktemp("small") / "neu-small.tar.gz"
+    return out, make_tar(SAMPLE / "neu-steel", out)
 
 
 class _Server:
@@ -143,7 +136,7 @@ def test_fetch_url_source_extracts_and_writes_marker(tmp_path, small_archive):
     assert marker["sha256"] == sha and marker["kind"] == "url"
     # single top-level folder neu-steel/ is the layout root; paths relative to the project root
     assert marker["root"] == f"resources/extracted/{sha[:16]}/neu-steel"
-    assert len(list((tmp_path / marker["root"]).rglob("*.jpg"))) == 40
+    assert len(list((tmp_path / marker["root"]).rglob("*.jpg"))) == NEU_SAMPLE_IMAGES
 
 
 def test_fetch_archive_source_extracted_once_and_shared(tmp_path, small_archive):
@@ -151,7 +144,7 @@ def test_fetch_archive_source_extracted_once_and_shared(tmp_path, small_archive)
     src = {"kind": "archive", "path": str(archive), "sha256": sha}
     rec = fetch_dataset("a", src, tmp_path / "m.json", workdir=tmp_path)
     root = tmp_path / rec["root"]
-    assert len(list(root.glob("*/*.jpg"))) == 40 and rec["sha256"] == sha
+    assert len(list(root.glob("*/*.jpg"))) == NEU_SAMPLE_IMAGES and rec["sha256"] == sha
     stamp = (root / "crazing").stat().st_mtime_ns
     # a second dataset entry using the same archive (e.g. another MVTec category) reuses it
     rec2 = fetch_dataset("b", src, tmp_path / "m2.json", workdir=tmp_path)

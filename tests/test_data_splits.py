@@ -117,6 +117,35 @@ def test_anomaly_split_protocol():
     assert s.equals(anomaly_split(m, seed=0, test_fraction=0.2, holdout_fraction=0.25))
 
 
+def test_max_train_nominal_sends_every_unused_nominal_image_to_test():
+    m = manifest({"good": 100, "scratch": 8, "dent": 4}, nominal=("good",))
+    s = anomaly_split(m, seed=0, test_fraction=0.2, holdout_fraction=0.25, max_train_nominal=20)
+    # 20 of the 80 non-test nominal images are kept for train (15) + holdout (5); the other 60
+    # join the 20 test nominal images: the test set holds every nominal image not used
+    assert ((s.subset == "train").sum(), (s.subset == "holdout").sum()) == (15, 5)
+    assert ((s.subset == "test") & (s.label == 0)).sum() == 80 and ((s.subset == "test") & (s.label == 1)).sum() == 12
+    uncapped = anomaly_split(m, seed=0, test_fraction=0.2, holdout_fraction=0.25)
+    # the cap draws from the uncapped pool: the uncapped test images stay test images
+    assert set(uncapped.row[uncapped.subset == "test"]) <= set(s.row[s.subset == "test"])
+    assert s.equals(anomaly_split(m, seed=0, test_fraction=0.2, holdout_fraction=0.25, max_train_nominal=20))
+    assert not s.equals(anomaly_split(m, seed=1, test_fraction=0.2, holdout_fraction=0.25, max_train_nominal=20))
+    # a cap above the pool changes nothing
+    assert uncapped.equals(anomaly_split(m, seed=0, test_fraction=0.2, holdout_fraction=0.25, max_train_nominal=500))
+    with pytest.raises(DefectbenchError, match="max_train_nominal 1"):
+        anomaly_split(m, seed=0, max_train_nominal=1)
+
+
+def test_max_train_nominal_keeps_an_official_test_set_as_it_is():
+    def src(name, i):
+        return "train" if name == "good" and i < 10 else "test"
+
+    m = manifest({"good": 14, "crack": 6}, nominal=("good",), source_split=src)
+    s = anomaly_split(m, seed=0, holdout_fraction=0.2, max_train_nominal=5)
+    assert set(s.row[s.subset == "test"]) == set(range(10, 20))
+    assert (s.subset == "unused").sum() == 5 and s.subset.isin(["train", "holdout"]).sum() == 5
+    assert make_split(m, "anomaly", 0, {"holdout_fraction": 0.2, "max_train_nominal": 5}).equals(s)
+
+
 def test_anomaly_split_official_train_test():
     # MVTec-like: 10 train/good, 4 test/good, 6 test defects
     def src(name, i):

@@ -1,6 +1,6 @@
 """One real Snakemake run (not a dry run) of the data stage: ELPV from its PyPI package (small
-max_per_class) and the three shared archives, tiny image_size. Counts must match
-../shared/data/README.md; a second run has nothing to do; a split-only config change reruns only
+max_per_class) and the three full archives of ../shared/data (skipped where they are absent, never
+under CI), tiny image_size. Counts must match ../shared/data/README.md; a second run has nothing to do; a split-only config change reruns only
 the splits."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SHARED_SHA256
+from conftest import FULL_ARCHIVE_SHA256
 from workflow_helpers import snakemake, working_copy, write_config
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ SEED = 0
 
 def _config(shared: Path) -> dict:
     def archive(name: str) -> dict:
-        return {"kind": "archive", "path": str(shared / name), "sha256": SHARED_SHA256[name]}
+        return {"kind": "archive", "path": str(shared / name), "sha256": FULL_ARCHIVE_SHA256[name]}
 
     return {
         "seeds": [SEED],
@@ -52,7 +52,7 @@ def _targets(cfg: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, shared_data):
+def run(tmp_path_factory, full_archives):
     project = working_copy(tmp_path_factory.mktemp("data_wf"))
     # Only the data targets are requested; rule files of stages not written yet are stubbed in
     # this temporary copy so the Snakefile parses (the real files are never touched).
@@ -61,7 +61,7 @@ def run(tmp_path_factory, shared_data):
             inc = project / line.split('"')[1]
             if not inc.exists():
                 inc.write_text("")
-    cfg = _config(shared_data)
+    cfg = _config(full_archives)
     cfgfile = write_config(project, cfg, "data-test.yaml")
     targets = _targets(cfg)
     snakemake(project, *targets, "--cores", "2", "--configfile", str(cfgfile), timeout=600)

@@ -5,11 +5,9 @@ Unit tests on hand-sized tensors; one end-to-end run on real magnetic-tile image
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddad_control_fixture import (  # noqa: E402
@@ -30,6 +27,7 @@ from ddad_control_fixture import (  # noqa: E402
     run_control_ddad,
     write_mvtec_control,
 )
+from magnetic_tile_fixture import magnetic_tile_arrays  # noqa: E402
 
 from defectbench import tables  # noqa: E402
 from defectbench.diffusion import ddad, ddpm  # noqa: E402
@@ -240,32 +238,12 @@ def test_map_sample_mixes_classes():
 
 # ----------------------------------------------------------------------------- end to end on real images
 @pytest.fixture(scope="module")
-def magnetic_tile(shared_data, tmp_path_factory):
-    """8 defect-free + 4 blowhole magnetic-tile images (32 px) with masks, as cache/masks/split files."""
-    want = {"MT_Free": 8, "MT_Blowhole": 4}
-    got: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in want}
-    pending: dict[str, dict[str, np.ndarray]] = {}
-    with tarfile.open(shared_data / "magnetic-tile.tar.gz", "r:gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if len(parts) != 4 or parts[1] not in want or len(got[parts[1]]) >= want[parts[1]] or not member.isfile():
-                if all(len(got[k]) >= n for k, n in want.items()):
-                    break
-                continue
-            stem, ext = parts[3].rsplit(".", 1)
-            im = Image.open(io.BytesIO(tar.extractfile(member).read()))
-            if ext == "jpg":
-                arr = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR))
-            else:
-                arr = (np.asarray(im.convert("L").resize((32, 32), Image.NEAREST)) > 127).astype(np.uint8)
-            entry = pending.setdefault(parts[1] + stem, {})
-            entry[ext] = arr
-            if len(entry) == 2:
-                got[parts[1]].append((entry["jpg"], entry["png"]))
-    free, blow = got["MT_Free"], got["MT_Blowhole"]
-    assert len(free) == 8 and len(blow) == 4
-    images = np.stack([a for a, _ in free + blow])
-    masks = np.stack([np.zeros_like(m) for _, m in free] + [m for _, m in blow])
+def magnetic_tile(tmp_path_factory):
+    """8 defect-free + 4 blowhole real magnetic-tile images (32 px) with masks, as cache/masks/split files."""
+    images, masks, names = magnetic_tile_arrays(n_free=8, n_per_defect=4, size=32)
+    keep = [i for i, name in enumerate(names) if name in ("MT_Free", "MT_Blowhole")]  # Free first, then Blowhole
+    images, masks = images[keep], masks[keep]
+    assert masks[:8].sum() == 0
     assert masks[8:].sum() > 0
     root = tmp_path_factory.mktemp("mt")
     np.save(root / "cache-32.npy", images)

@@ -155,7 +155,8 @@ def test_tsne_and_gradcam_from_real_encoder_files(project: Path):
                   keys={"dataset": "toy", "method": "simclr", "backbone": "resnet18", "seed": 0, "task": "classification"},
                   device="cpu", wall_time_s=1.0)
     probe_dir = project / "results" / "probe" / "simclr" / "toy" / "resnet18" / "seed0" / "labels100"
-    save_torch(probe_dir / "probe.pt", {"weight": torch.randn(3, dim), "bias": torch.zeros(3)})
+    save_torch(probe_dir / "probe.pt", {"weight": torch.randn(3, dim), "bias": torch.zeros(3),
+                                        "encoder": (job / "encoder.pt").relative_to(project).as_posix()})
     metrics = sorted((project / "results").rglob("metrics.json"))
     tables.write_tables(metrics, project / "results" / "tables", root=project)
     out = project / "results" / "figures"

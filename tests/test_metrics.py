@@ -125,6 +125,22 @@ def test_evaluate_anomaly_threshold_from_holdout():
     assert "pro" not in m
 
 
+def test_per_defect_type_detection_rates_at_the_holdout_threshold():
+    # holdout quantile 0.5 of [0.2, 0.4, 0.6] = 0.4: flagged = score > 0.4
+    scores = np.array([0.1, 0.5, 0.3, 0.9, 0.45, 0.41, 0.2])
+    labels = np.array([0, 0, 1, 1, 1, 1, 1])
+    types = np.array(["good", "good", "MT_Crack", "MT_Crack", "blow-hole", "blow-hole", "blow-hole"])
+    m = evaluate_anomaly(scores, labels, np.array([0.2, 0.4, 0.6]), quantile=0.5, test_types=types)
+    assert m["threshold"] == pytest.approx(0.4)
+    assert m["detect_mt_crack"] == pytest.approx(1 / 2) and m["detect_blow_hole"] == pytest.approx(2 / 3)
+    assert "detect_good" not in m
+    # together the types are the recall over all anomalous images
+    assert m["recall"] == pytest.approx((1 + 2) / 5)
+    assert not any(k.startswith("detect_") for k in evaluate_anomaly(scores, labels, np.array([0.2, 0.4, 0.6])))
+    with pytest.raises(DefectbenchError, match="2 defect types for 7"):
+        evaluate_anomaly(scores, labels, np.array([0.2]), test_types=types[:2])
+
+
 def test_evaluate_anomaly_rejects_bad_input():
     with pytest.raises(DefectbenchError):
         evaluate_anomaly(np.array([0.1, 0.2]), np.array([0, 1, 1]), np.array([0.1]))

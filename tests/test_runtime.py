@@ -1,19 +1,30 @@
 """Job plumbing: atomic writes leave nothing behind on failure; provenance is recorded."""
 
 import json
+import os
+import stat
+import tarfile
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from defectbench.data.extract import safe_extract
+from defectbench.data.layouts import scan_deeppcb
 from defectbench.runtime import (
     DefectbenchError,
+    atomic_dir,
     atomic_path,
     config_hash,
     effective_amp,
     load_torch,
     pick_device,
     save_torch,
+    write_json,
     write_metrics,
+    write_parquet,
 )
 
 
@@ -28,6 +39,44 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_outputs_honour_the_umask(tmp_path, umask, deeppcb_root):
+    """Every atomic writer leaves files 0666 & ~umask and directories 0777 & ~umask (0644/0755 under
+    umask 022, 0664/0775 under 002), as any other tool would, so a team can read the results."""
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    write_json(tmp_path / "out" / "metrics.json", {"a": 1})
+    write_parquet(tmp_path / "out" / "table.parquet", pd.DataFrame({"a": [1]}))
+    save_torch(tmp_path / "out" / "encoder.pt", {"w": torch.zeros(2)})
+    with atomic_path(tmp_path / "out" / "cache.npy") as tmp:
+        np.save(tmp, np.zeros(3))
+    with atomic_dir(tmp_path / "out" / "model") as tmp:
+        (tmp / "weights.bin").write_bytes(b"w")
+        save_file({"w": torch.zeros(2)}, tmp / "model.safetensors")  # safetensors itself writes 0600
+    for name in ("metrics.json", "table.parquet", "encoder.pt", "cache.npy", "model/weights.bin",
+                 "model/model.safetensors"):
+        assert _mode(tmp_path / "out" / name) == file_mode, name
+    assert _mode(tmp_path / "out" / "model") == dir_mode
+
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(deeppcb_root, arcname="deeppcb")
+    target = safe_extract(archive, tmp_path / "extracted")
+    assert _mode(target) == dir_mode
+    scan_deeppcb(target / "deeppcb", {"crop_padding": 0}, tmp_path / "pcb")
+    crops = tmp_path / "pcb" / "crops"
+    assert _mode(crops) == dir_mode and {_mode(p) for p in crops.iterdir()} == {file_mode}
 
 
 def test_config_hash_ignores_key_order_but_not_values():

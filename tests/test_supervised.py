@@ -31,6 +31,9 @@ def test_supervised_trains_on_labelled_fraction_and_evaluates_on_test(tmp_path):
                               fraction=0.5)
     # 4 train images per class, label_priority rank/4 < 0.5 -> 2 per class = 12 labelled images
     assert record["metrics"]["train_images"] == 12
+    # budget in steps, not epochs: 2 epochs of the whole 24-image train split at batch 8 = 6 steps,
+    # which at 12 labelled images (1 full batch per epoch) takes 6 epochs
+    assert (record["metrics"]["train_steps"], record["metrics"]["epochs"]) == (6, 6)
     pred = pd.read_parquet(out / "predictions.parquet")
     assert len(pred) == 12 and list(pred.columns[:3]) == ["row", "y_true", "y_pred"]
     proba = pred[[f"proba_{c}" for c in range(6)]].to_numpy()
@@ -42,7 +45,8 @@ def test_supervised_trains_on_labelled_fraction_and_evaluates_on_test(tmp_path):
     assert metrics["stage"] == "classification" and metrics["method"] == "supervised" and metrics["labels_pct"] == 50
     assert metrics["extra"]["model_selection"].startswith("last epoch")
     hist = pd.read_parquet(out / "history.parquet")
-    assert list(hist["epoch"]) == [1, 2] and "train_accuracy" in hist and hist["lr"].iloc[1] < 1e-3
+    assert list(hist["epoch"]) == [1, 2, 3, 4, 5, 6] and "train_accuracy" in hist and hist["lr"].iloc[1] < 1e-3
+    assert hist["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-12)  # cosine over exactly the 6 steps
     enc, dim, meta = load_encoder(out / "model.pt", torch.device("cpu"))
     assert meta["n_classes"] == 6 and meta["head"]["weight"].shape == (6, 512)
     # encoder + head reproduce the written probabilities
@@ -51,6 +55,34 @@ def test_supervised_trains_on_labelled_fraction_and_evaluates_on_test(tmp_path):
     with torch.no_grad():
         logits = enc(imagenet_normalize(torch.from_numpy(cache[pred["row"].to_numpy()]))) @ meta["head"]["weight"].T + meta["head"]["bias"]
     np.testing.assert_allclose(logits.softmax(1).numpy(), proba, atol=1e-4)
+
+
+def test_supervised_steps_budget_cuts_the_last_epoch_and_uses_the_light_preset(tmp_path):
+    paths = write_tiny_dataset(tmp_path / "neu", per_class=6, size=32, test_per_class=2)
+    cfg = {"code_version": "test", "protocol": "clean", "device": "cpu",
+           "supervised": {"epochs": 50, "steps": 5, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4,
+                          "pretrained": "none", "amp": "none", "checkpoint_every": 10, "schedule": "cosine",
+                          "class_weights": "none", "augment": {"preset": "light"}}}
+    out = tmp_path / "sup"
+    record = train_supervised(cache_path=paths["cache"], split_path=paths["split"], model_path=out / "model.pt",
+                              predictions_path=out / "predictions.parquet", history_path=out / "history.parquet",
+                              metrics_path=out / "metrics.json", cfg=cfg, dataset="neu", backbone="resnet18", seed=0,
+                              fraction=1.0)
+    # 24 labelled images at batch 8: 3 steps per epoch, so 5 steps = one full epoch + 2 steps
+    assert (record["metrics"]["train_steps"], record["metrics"]["epochs"]) == (5, 2)
+    hist = pd.read_parquet(out / "history.parquet")
+    assert hist["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-12)  # a 6th step would lift the cosine off 0
+    aug = record["extra"]["augment"]
+    assert record["extra"]["augment_preset"] == "light"
+    assert (aug["crop_scale"], aug["vflip"], aug["rot90"], aug["jitter_p"], aug["blur_p"]) == ([0.8, 1.0], 0.5, True, 0.0, 0.0)
+
+
+def test_step_budget_is_the_same_for_every_label_fraction():
+    from defectbench.supervised import step_budget
+
+    assert step_budget({"steps": None, "epochs": 15, "batch_size": 64}, 384) == 15 * 6
+    assert step_budget({"steps": None, "epochs": 2, "batch_size": 64}, 10) == 2  # one (partial) batch per epoch
+    assert step_budget({"steps": 300, "epochs": 15, "batch_size": 64}, 384) == 300
 
 
 def test_class_weights_inverse_frequency():

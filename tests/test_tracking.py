@@ -117,3 +117,171 @@ def test_cli_compare_from_mlflow(store, tmp_path, capsys):
     assert "0.8000 ± 0.1414 (n=2)" in line
     assert cli.main(["compare", "--source", "mlflow", "--uri", store, "--experiment", "nope"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- live runs (server mode)
+# live_runs speaks MLflow's client API only, so its semantics are tested here on a SQLite store;
+# tests/test_tracking_server.py runs the workflow against a real server on PostgreSQL.
+def _train_three_epochs(tmp_path: Path) -> pd.DataFrame:
+    """A real train_loop (3 epochs of a linear model): its per-epoch rows reach the live runs."""
+    import torch
+
+    from defectbench.train import train_loop
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.ones(8, 2)
+    return train_loop(model, optimizer, lambda batch, gen: (model(batch).pow(2).mean(), {}),
+                      lambda epoch, gen: data.split(4), epochs=3, seed=0, device=torch.device("cpu"), amp="none",
+                      checkpoint_path=tmp_path / "ckpt.pt", checkpoint_every=1)
+
+
+def _live(store: str, tmp_path: Path, rel: str):
+    return tracking.live_runs([tmp_path / "results" / rel / "metrics.json"], tracking_uri=store, experiment="exp",
+                              parent_run_name="exp", tags={"defectbench.key.dataset": "neu"}, root=tmp_path)
+
+
+def test_live_run_logs_each_epoch_while_training_then_the_record(store, tmp_path):
+    from mlflow import MlflowClient
+
+    from defectbench import train
+
+    rel = "probe/simclr/neu/resnet18/seed0/labels10"
+    with _live(store, tmp_path, rel) as runs:
+        client = MlflowClient(tracking_uri=store)
+        (run_id,) = runs.values()
+        assert client.get_run(run_id).info.status == "RUNNING"
+        history = _train_three_epochs(tmp_path)
+        # logged during training, before any file of the job exists
+        assert [m.step for m in client.get_metric_history(run_id, "history.loss")] == [1, 2, 3]
+        assert not (tmp_path / "results" / rel / "metrics.json").exists()
+        write_parquet(tmp_path / "results" / rel / "history.parquet", history)
+        _job(tmp_path, rel, 0, 0.9)
+    assert train.EPOCH_END_CALLBACKS == []
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["accuracy"] == pytest.approx(0.9)
+    assert run.data.tags["defectbench.key.seed"] == "0" and run.data.tags["defectbench.role"] == "child"
+    assert run.data.tags["mlflow.parentRunId"] == tracking.sync_runs([], tracking_uri=store, experiment="exp")["parent_run_id"]
+    losses = sorted(client.get_metric_history(run_id, "history.loss"), key=lambda m: m.step)
+    # one value per epoch (the final record did not log the history twice), equal to the history file
+    assert [m.value for m in losses] == pytest.approx(history["loss"].tolist())
+    assert {a.path for a in client.list_artifacts(run_id)} == {"metrics.json", "history.parquet"}
+    # the track rule finds the live run complete and adds nothing
+    summary = tracking.sync_runs([tmp_path / "results" / rel / "metrics.json"], tracking_uri=store,
+                                 experiment="exp", root=tmp_path)
+    assert (summary["skipped"], summary["created"]) == (1, 0)
+
+
+def test_failed_job_marks_its_run_failed_and_reruns_supersede_it(store, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    rel = "probe/simclr/neu/resnet18/seed0/labels10"
+    with pytest.raises(ValueError, match="boom"):
+        with _live(store, tmp_path, rel) as runs:
+            raise ValueError("boom")
+    (failed,) = runs.values()
+    assert client.get_run(failed).info.status == "FAILED"
+    # a killed job leaves its run RUNNING: the next run of the job closes it as FAILED
+    with pytest.raises(RuntimeError):
+        with _live(store, tmp_path, rel) as runs:
+            raise RuntimeError("killed")
+    (second,) = runs.values()
+    client.update_run(second, status="RUNNING")  # as a SIGKILL'ed job leaves it
+    with _live(store, tmp_path, rel) as runs:
+        _job(tmp_path, rel, 0, 0.9)
+    (good,) = runs.values()
+    with _live(store, tmp_path, rel) as runs:  # forced rerun, same config: replaces the finished run
+        _job(tmp_path, rel, 0, 0.95)
+    (best,) = runs.values()
+    children = _children(store)
+    by_id = {r.info.run_id: r for r in children}
+    assert good not in by_id  # replaced (deleted), not duplicated
+    current = [r for r in children if r.data.tags.get("defectbench.current") != "false"]
+    assert [r.info.run_id for r in current] == [best]
+    assert by_id[best].data.metrics["accuracy"] == pytest.approx(0.95)
+    for old in (failed, second):  # visibly superseded, never an unmarked duplicate
+        assert by_id[old].info.status == "FAILED"
+        assert by_id[old].data.tags["defectbench.current"] == "false"
+        assert by_id[old].data.tags["defectbench.superseded_by"] in (second, good, best)
+    assert tracking.runs_frame(store, "exp")["run_id"].tolist() == [best]
+
+
+def test_unreachable_server_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(tracking.DefectbenchError) as err:
+        with tracking.live_runs([tmp_path / "results/probe/a/metrics.json"], tracking_uri=f"http://127.0.0.1:{port}",
+                                experiment="exp", parent_run_name="exp", tags={}):
+            pass
+    message = str(err.value)
+    assert f"MLflow tracking server http://127.0.0.1:{port} failed while logging probe/a: server unreachable" in message
+    assert "rerun snakemake" in message and "\n" not in message
+    with pytest.raises(tracking.DefectbenchError, match="cannot read the MLflow store"):
+        tracking.missing_runs(f"http://127.0.0.1:{port}", "exp", ["probe/a@0123"])
+
+
+# ----------------------------------------------------------------------------- the store check
+def test_marker_is_current_until_the_store_is_deleted_or_emptied(store, tmp_path):
+    import os
+
+    from mlflow import MlflowClient
+
+    paths = [_job(tmp_path, f"probe/simclr/neu/resnet18/seed{s}/labels10", s, 0.5) for s in range(2)]
+    marker = tmp_path / "results" / "mlflow.synced.json"
+    summary = tracking.track_workflow(paths, {"tracking": {"uri": store}, "run_name": "exp"}, marker)
+    assert len(summary["synced"]) == 2 and summary["jobs"] == 2
+    assert tracking.marker_is_current(marker, store) == (True, "")
+    assert tracking.marker_is_current(marker, "http://127.0.0.1:1")[0] is False  # another store
+    # emptied: a run deleted behind the marker's back (the file is newer than the marker)
+    client = MlflowClient(tracking_uri=store)
+    client.delete_run(_children(store)[0].info.run_id)
+    os.utime(marker, (1, 1))
+    current, why = tracking.marker_is_current(marker, store)
+    assert not current and "1 of the 2 synced runs are missing" in why
+    # deleted
+    db = tracking.sqlite_path(store)
+    db.unlink()
+    assert tracking.marker_is_current(marker, store) == (False, f"the store {db} is missing")
+    assert tracking.missing_runs(store, "exp", summary["synced"]) == sorted(summary["synced"])
+    assert not db.exists()  # checking never creates a store
+    with pytest.raises(tracking.DefectbenchError, match="2 of 2 job runs are missing"):
+        tracking.verify_store(store, "exp", summary["synced"])
+
+
+def test_track_never_reports_a_sync_into_a_store_deleted_meanwhile(store, tmp_path, monkeypatch):
+    paths = [_job(tmp_path, "probe/simclr/neu/resnet18/seed0/labels10", 0, 0.5)]
+    marker = tmp_path / "results" / "mlflow.synced.json"
+    sync = tracking.sync_runs
+
+    def sync_then_lose_the_store(*args, **kwargs):
+        summary = sync(*args, **kwargs)
+        tracking.sqlite_path(store).unlink()  # e.g. `rm results/mlflow.db` while the track job runs
+        return summary
+
+    monkeypatch.setattr(tracking, "sync_runs", sync_then_lose_the_store)
+    with pytest.raises(tracking.DefectbenchError, match="1 of 1 job runs are missing"):
+        tracking.track_workflow(paths, {"tracking": {"uri": store}, "run_name": "exp"}, marker)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("uri, ok", [("sqlite:///results/mlflow.db", True), ("https://mlflow.example.org", True),
+                                      ("http://127.0.0.1:5000", True), ("postgresql://u@db/mlflow", False),
+                                      ("./mlruns", False)])
+def test_tracking_uri_is_a_sqlite_file_or_a_server(uri, ok):
+    from defectbench.config import SCHEMA_PATH, validate_config
+
+    cfg = {"datasets": {"neu": {"source": {"kind": "directory", "path": "x"}, "layout": "imagefolder"}},
+           "tracking": {"uri": uri}}
+    if ok:
+        assert validate_config(cfg, SCHEMA_PATH)["tracking"]["uri"] == uri
+    else:
+        with pytest.raises(tracking.DefectbenchError, match="config key tracking.uri:"):
+            validate_config(cfg, SCHEMA_PATH)

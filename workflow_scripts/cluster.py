@@ -1,9 +1,9 @@
 """Rule cluster: embed the clustering images once, cluster them under every configured weighting."""
 
 from defectbench.clustering import run_clustering
-from defectbench.runtime import job_logging
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     weightings = snakemake.params.weightings  # noqa: F821
     run_clustering(
         cache_path=snakemake.input["cache"],  # noqa: F821

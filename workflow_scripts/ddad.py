@@ -1,9 +1,9 @@
 """Rule ddad: conditioned-denoising anomaly detection with the anomaly-split diffusion model."""
 
 from defectbench.diffusion.ddad import run_ddad
-from defectbench.runtime import job_logging
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     run_ddad(
         model_dir=snakemake.input["model"],  # noqa: F821
         cache_path=snakemake.input["cache"],  # noqa: F821

@@ -1,9 +1,9 @@
 """Rule patchcore: fit PatchCore on nominal train images, threshold on the holdout, evaluate on test."""
 
 from defectbench.anomaly.patchcore import run_patchcore
-from defectbench.runtime import job_logging
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     run_patchcore(
         cache_path=snakemake.input["cache"],  # noqa: F821
         masks_path=snakemake.input["masks"],  # noqa: F821

@@ -1,9 +1,9 @@
 """Rule pretrain_contrastive: one contrastive method on the train subset of a task's split."""
 
-from defectbench.runtime import job_logging
 from defectbench.ssl.pretrain import pretrain_contrastive
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     pretrain_contrastive(
         cache_path=snakemake.input["cache"],  # noqa: F821
         split_path=snakemake.input["split"],  # noqa: F821

@@ -1,9 +1,9 @@
 """Rule pretrain_diffusion: DDPM (diffusers UNet2DModel, EMA) on the train subset of one split."""
 
 from defectbench.diffusion.ddpm import pretrain_diffusion
-from defectbench.runtime import job_logging
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     pretrain_diffusion(
         cache_path=snakemake.input["cache"],  # noqa: F821
         split_path=snakemake.input["split"],  # noqa: F821

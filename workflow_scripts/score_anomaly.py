@@ -1,9 +1,9 @@
 """Rule score_anomaly: one image-level scorer on shared features, threshold from held-out nominal images."""
 
 from defectbench.anomaly.image_level import score_anomaly
-from defectbench.runtime import job_logging
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     score_anomaly(
         features_path=snakemake.input["features"],  # noqa: F821
         split_path=snakemake.input["split"],  # noqa: F821

@@ -1,9 +1,9 @@
 """Rule train_supervised: the backbone trained with labels on a labelled fraction of the train split."""
 
-from defectbench.runtime import job_logging
 from defectbench.supervised import train_supervised
+from defectbench.tracking import tracked_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ live MLflow runs)
     train_supervised(
         cache_path=snakemake.input["cache"],  # noqa: F821
         split_path=snakemake.input["split"],  # noqa: F821

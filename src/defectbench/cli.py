@@ -150,6 +150,10 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     paper_datasets = {name: entry.get("paper_dataset") for name, entry in datasets.items()}
     paths = sorted(Path(args.results).rglob("metrics.json"))
     written = write_tables(paths, args.out, args.published, root=".", paper_datasets=paper_datasets)
+    if args.claims:
+        from defectbench.claims import write_claims
+
+        written["claims"] = write_claims(args.claims, args.out, root=".")
     print(f"{len(paths)} job(s) -> {len(written)} table(s) in {args.out}")
     return 0
 
@@ -206,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--published", default="config/published", help="directory of published-number CSVs")
     tab.add_argument("--config", default="config/config.yaml",
                      help="config whose dataset entries declare paper_dataset (which published numbers to compare with)")
+    tab.add_argument("--claims", default="config/published/claims.yaml",
+                     help="claims file evaluated into claims.parquet/.md ('' = none)")
     tab.add_argument("--markdown-only", action="store_true", help="only regenerate the *.md files from the Parquet tables")
     tab.set_defaults(func=_cmd_tables)
 

@@ -137,7 +137,25 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     if errors:
         raise DefectbenchError(f"{_message(errors[0])} (see config/schema.yaml)")
     _check_package_weights(config)
+    _check_budget(config)
     return config
+
+
+def _check_budget(config: dict) -> None:
+    """budget.method / budget.dataset name a view-free contrastive method and a classification dataset."""
+    budget = config["budget"]
+    if not budget["method"]:
+        return
+    method, dataset = budget["method"], budget["dataset"]
+    methods = registry.names("contrastive_methods")
+    if method not in methods:
+        raise DefectbenchError(f"config key budget.method: {method!r} is not a contrastive method ({', '.join(methods)})")
+    if registry.reads_views(method, config["contrastive"]["method_params"][method], diffusion_enabled=True):
+        raise DefectbenchError(f"config key budget.method: {method!r} reads diffusion views, made at the dataset's "
+                               "image_size only; pick a method without views")
+    entry = config["datasets"].get(dataset)
+    if entry is None or "classification" not in entry["tasks"]:
+        raise DefectbenchError(f"config key budget.dataset: {dataset!r} is not a dataset with the classification task")
 
 
 def _check_package_weights(config: dict) -> None:
@@ -151,12 +169,21 @@ def _check_package_weights(config: dict) -> None:
         ("contrastive.pretrained", section("contrastive").get("pretrained"), backbones),
         ("supervised.pretrained", section("supervised").get("pretrained"), backbones),
         ("probe.pretrained", section("probe").get("pretrained"),
-         backbones if section("probe").get("include_pretrained") else []),
+         (section("probe").get("pretrained_backbones") or backbones)
+         if "pretrained" in (section("probe").get("controls") or []) else []),
         ("anomaly.pretrained", section("anomaly").get("pretrained"),
-         backbones if "pretrained" in (section("anomaly").get("features") or []) else []),
+         [section("anomaly").get("pretrained_backbone") or (backbones[:1] or [None])[0]]
+         if "pretrained" in (section("anomaly").get("features") or []) else []),
         ("patchcore.pretrained", section("patchcore").get("pretrained"), [section("patchcore").get("backbone")]),
         ("ddad.pretrained", section("ddad").get("pretrained"), [section("ddad").get("feature_backbone")]),
     ]
+    for key, sources in (("probe.controls", section("probe").get("controls")),
+                         ("anomaly.features", section("anomaly").get("features"))):
+        weights_key = key.split(".")[0] + ".pretrained"
+        if "pretrained" in (sources or []) and section(key.split(".")[0]).get("pretrained", "none") == "none":
+            raise DefectbenchError(
+                f"config key {key}: 'pretrained' needs weights, but {weights_key} is none (that is the 'random' "
+                f"control); list 'random' instead, or set {weights_key}")
     for key, weights, used_with in uses:
         wrong = [b for b in used_with if b and b != "efficientnet_lite0"]
         if weights == "package" and wrong:

@@ -27,18 +27,23 @@ from defectbench.runtime import DefectbenchError, autocast_context
 log = logging.getLogger("defectbench")
 
 
+#: Feature sources that need no training: the controls every table gets beside the methods.
+CONTROL_SOURCES = ("random", "pretrained")
+
+
 def load_feature_source(source: str, *, encoder_path: str | None, backbone: str, pretrained: str,
                         device: torch.device) -> tuple[nn.Module, int]:
     """The frozen image encoder of a feature source, on ``device`` in eval mode.
 
-    ``source`` is ``pretrained`` (the backbone as initialised by ``pretrained``: random init,
-    ImageNet or a local file; no training) or a contrastive method whose ``encoder.pt`` is at
-    ``encoder_path``.
+    ``source`` is a control (:data:`CONTROL_SOURCES`: ``random``, the backbone at random init
+    drawn from torch's current seed; ``pretrained``, the backbone with the ``pretrained`` weights,
+    ImageNet or a local file; neither is trained) or a contrastive method whose ``encoder.pt`` is
+    at ``encoder_path``.
     """
-    if source == "pretrained":
+    if source in CONTROL_SOURCES:
         from defectbench.models.backbones import build_backbone
 
-        module, dim = build_backbone(backbone, pretrained)
+        module, dim = build_backbone(backbone, "none" if source == "random" else pretrained)
     else:
         if not encoder_path:
             raise DefectbenchError(f"features {source!r}: no encoder.pt given; run pretrain_contrastive for it first")

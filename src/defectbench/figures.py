@@ -10,7 +10,8 @@ Kinds (``FIGURE_KINDS``): ``label-efficiency`` (macro F1 vs labelled fraction pe
 ``score-hist`` (nominal vs anomalous score histograms with the threshold), ``anomaly-maps``
 (map overlays of a few test images), ``tsne`` (t-SNE of encoder features coloured by class),
 ``gradcam`` (Grad-CAM of the supervised CNN and of linear probes), ``failures`` (worst false
-positives / negatives per class).
+positives / negatives per class), ``budget`` (the budget curve: probe accuracy vs pretraining
+optimiser steps per image size, with the random-init control).
 
 The pure helpers (:func:`grad_cam`, :func:`worst_failures`, :func:`worst_anomaly_failures`,
 :func:`roc_curve_points`) are unit-tested on hand-computed inputs.
@@ -32,7 +33,7 @@ from defectbench.runtime import DefectbenchError, atomic_path
 log = logging.getLogger("defectbench")
 
 FIGURE_KINDS: tuple[str, ...] = (
-    "label-efficiency", "confusion", "roc-pr", "score-hist", "anomaly-maps", "tsne", "gradcam", "failures",
+    "label-efficiency", "confusion", "roc-pr", "score-hist", "anomaly-maps", "tsne", "gradcam", "failures", "budget",
 )
 _DPI = 110
 
@@ -170,6 +171,59 @@ def plot_label_efficiency(classification: pd.DataFrame, out_dir: Path, metric: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         written.append(_save(fig, figure_path(out_dir, "label-efficiency", dataset)))
+    return written
+
+
+def budget_points(budget: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Budget-curve rows (those with ``budget_epochs``) as points: per (dataset, method,
+    image_size, budget_epochs) the mean pretraining steps and ``metric`` mean ± std over seeds.
+
+    >>> rows = pd.DataFrame({"dataset": "neu", "method": "simclr", "image_size": 32, "seed": [0, 1],
+    ...                      "budget_epochs": 5, "pretrain_steps": 50.0, "accuracy": [0.5, 0.7]})
+    >>> budget_points(rows)[["pretrain_steps", "mean", "n"]].values.tolist()
+    [[50.0, 0.6, 2.0]]
+    """
+    keys = ["dataset", "method", "image_size", "budget_epochs"]
+    if budget.empty or not set(keys + ["pretrain_steps", metric]) <= set(budget.columns):
+        return pd.DataFrame(columns=keys + ["pretrain_steps", "mean", "std", "n"])
+    g = budget.dropna(subset=["budget_epochs", metric]).groupby(keys, sort=True)
+    out = g.agg(pretrain_steps=("pretrain_steps", "mean"), mean=(metric, "mean"), std=(metric, "std"),
+                n=(metric, "count")).reset_index()
+    out["n"] = out["n"].astype(float)
+    return out
+
+
+def plot_budget_curves(budget: pd.DataFrame, controls: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> list[Path]:
+    """One PNG per dataset: ``metric`` of the probe (all labels) vs the method's pretraining
+    optimiser steps, one line per image size (points labelled with their epochs); the random-init
+    control's value at 100% labels as a dashed line, so a point below it is visible as such."""
+    points = budget_points(budget, metric)
+    if points.empty:
+        return []
+    plt = _plt()
+    written = []
+    for dataset, d in points.groupby("dataset", sort=True):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (method, size), g in d.groupby(["method", "image_size"], sort=True):
+            g = g.sort_values("pretrain_steps")
+            ax.errorbar(g["pretrain_steps"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
+                        label=f"{method}, {int(size)} px")
+            for _, r in g.iterrows():
+                ax.annotate(f"{int(r['budget_epochs'])} ep", (r["pretrain_steps"], r["mean"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ctrl = pd.DataFrame()
+        if {"dataset", "method", "labels_pct", "seed", metric} <= set(controls.columns):
+            ctrl = controls[(controls["dataset"] == dataset) & (controls["method"] == "random")
+                            & (controls["labels_pct"] == 100)].dropna(subset=[metric])
+        if not ctrl.empty:
+            ax.axhline(float(ctrl[metric].mean()), color="grey", linestyle="--",
+                       label=f"random-init control ({int(ctrl['seed'].nunique())} seeds)")
+        ax.set_xlabel("pretraining optimiser steps")
+        ax.set_ylabel(f"probe {metric.replace('_', ' ')} (all labels)")
+        ax.set_title(f"{dataset}: budget curve (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, figure_path(out_dir, "budget", str(dataset))))
     return written
 
 
@@ -329,6 +383,12 @@ class _Results:
         self.root = root
         self.tables = {name: self._table(tables_dir / f"{name}.parquet") for name in
                        ("classification", "anomaly", "clustering", "pretraining")}
+        # budget-curve points are classification rows with budget keys: they get their own figure
+        # and stay out of the per-method figures (they would repeat a method at other budgets)
+        cls = self.tables["classification"]
+        in_budget = cls["budget_epochs"].notna() if "budget_epochs" in cls else pd.Series(False, index=cls.index)
+        self.budget = cls[in_budget]
+        self.tables["classification"] = cls[~in_budget]
         self._images: dict[str, np.ndarray | None] = {}
 
     @staticmethod
@@ -462,8 +522,9 @@ def _classifier_for(res: _Results, row: Mapping[str, Any]) -> "torch.nn.Module |
         encoder_path, head = job / "model.pt", load_torch(job / "model.pt").get("head")
     elif (job / "probe.pt").exists():
         head = load_torch(job / "probe.pt")
-        encoder_path = (res.root / "results" / "pretrain" / str(row["method"]) / str(row["dataset"]) / "classification"
-                        / str(row["backbone"]) / f"seed{int(row['seed'])}" / "encoder.pt")
+        if not head.get("encoder"):  # a control (random / pretrained backbone): no encoder file
+            return None
+        encoder_path = res.root / str(head["encoder"])
     else:
         return None
     if not head or "weight" not in head or not encoder_path.exists():
@@ -635,6 +696,7 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path, root: str | Path =
     res = _Results(Path(root), Path(tables_dir))
     written: list[Path] = []
     written += _safe("label-efficiency", lambda: plot_label_efficiency(res.tables["classification"], out_dir))
+    written += _safe("budget", lambda: plot_budget_curves(res.budget, res.tables["classification"], out_dir))
     written += _safe("classification figures", lambda: _classification_figures(res, out_dir))
     written += _safe("gradcam", lambda: _gradcam_all(res, out_dir))
     written += _safe("anomaly figures", lambda: _anomaly_figures(res, out_dir))

@@ -10,7 +10,7 @@ A config or code edit therefore changes the params of exactly the jobs it reache
 >>> from defectbench.config import validate_config
 >>> cfg = validate_config({"datasets": {"d": {"source": {"kind": "directory", "path": "x"}, "layout": "imagefolder"}}})
 >>> p = job_params("linear_probe", cfg, {"method": "simclr", "dataset": "d"})
->>> sorted(p), "include_pretrained" in p["probe"], "pretrained" in p["probe"]
+>>> sorted(p), "controls" in p["probe"], "pretrained" in p["probe"]
 (['code', 'device', 'probe', 'protocol'], False, False)
 """
 
@@ -54,13 +54,14 @@ def fetch_dataset(config, wc) -> Params:
 
 def build_manifest(config, wc) -> Params:
     entry = dataset_entry(config, wc["dataset"])
-    keys = ["source", "layout", "max_per_class", "bit_depth", "alpha_background",
+    keys = ["source", "layout", "max_per_class", "max_nominal", "max_defective", "bit_depth", "alpha_background",
             *registry.entry("layouts", entry["layout"]).reads]
     return {"dataset": _pick(entry, keys)}
 
 
 def make_split(config, wc) -> Params:
-    return {"dataset": _pick(dataset_entry(config, wc["dataset"]), ["test_fraction", "holdout_fraction", "official_split"])}
+    keys = ["test_fraction", "holdout_fraction", "official_split", "max_train_nominal"]
+    return {"dataset": _pick(dataset_entry(config, wc["dataset"]), keys)}
 
 
 def build_cache(config, wc) -> Params:
@@ -117,15 +118,38 @@ def train_supervised(config, wc) -> Params:
     return {"device": config["device"], "protocol": config["protocol"], "supervised": _without(config["supervised"], "enabled")}
 
 
+# Keys of the probe section each probe kind fits with (the rest are read by both kinds).
+PROBE_KIND_KEYS = {
+    "logistic": ["l2_grid", "val_fraction", "max_steps", "tolerance", "class_weight"],
+    "linear": ["epochs", "batch_size", "lr", "weight_decay"],
+}
+# Keys that only decide which probe jobs exist (the controls and their backbones), never read by one.
+PROBE_GRID_KEYS = ["controls", "pretrained_backbones"]
+
+
 def linear_probe(config, wc) -> Params:
-    # `pretrained` initialises the backbone of method 'pretrained' only; `include_pretrained` only
-    # decides whether that job exists.
-    drop = ["include_pretrained"] + ([] if wc["method"] == "pretrained" else ["pretrained"])
-    return {"device": config["device"], "protocol": config["protocol"], "probe": _without(config["probe"], *drop)}
+    # `pretrained` initialises the backbone of the 'pretrained' control only
+    pcfg = config["probe"]
+    other_kinds = [key for kind, keys in PROBE_KIND_KEYS.items() if kind != pcfg["kind"] for key in keys]
+    drop = PROBE_GRID_KEYS + other_kinds + ([] if wc["method"] == "pretrained" else ["pretrained"])
+    return {"device": config["device"], "protocol": config["protocol"], "probe": _without(pcfg, *drop)}
+
+
+def budget_pretrain(config, wc) -> Params:
+    """A budget-curve point's pretraining: the method's pretraining params with the point's epochs."""
+    out = pretrain_contrastive(config, wc)
+    out["contrastive"]["epochs"] = int(wc["epochs"])
+    return out
+
+
+def budget_probe(config, wc) -> Params:
+    """The converged probe of a budget-curve point: what a linear_probe job of that method reads."""
+    return linear_probe(config, wc)
 
 
 # ----------------------------------------------------------------------------- anomaly stage
 def anomaly_features(config, wc) -> Params:
+    # `pretrained` initialises the backbone of the 'pretrained' control only
     keys = ["amp", "feature_batch_size"] + (["pretrained"] if wc["features"] == "pretrained" else [])
     return {"device": config["device"], "anomaly": _pick(config["anomaly"], keys)}
 
@@ -179,14 +203,15 @@ def track(config, wc) -> Params:
 STAGES: dict[str, Callable[[Mapping[str, Any], Wildcards], Params]] = {
     fn.__name__: fn for fn in (
         fetch_dataset, build_manifest, make_split, build_cache, pretrain_diffusion, diffusion_views, ddad,
-        pretrain_contrastive, train_supervised, linear_probe, anomaly_features, score_anomaly, patchcore, cluster,
-        aggregate, figures, track,
+        pretrain_contrastive, train_supervised, linear_probe, budget_pretrain, budget_probe, anomaly_features,
+        score_anomaly, patchcore, cluster, aggregate, figures, track,
     )
 }
 # Rule -> the registered implementations its job calls (dispatched by name, so not visible to the
 # import parser): (family, names).
 IMPLEMENTATIONS: dict[str, Callable[[Mapping[str, Any], Wildcards], tuple[str, list[str]]]] = {
     "pretrain_contrastive": lambda config, wc: ("contrastive_methods", [wc["method"]]),
+    "budget_pretrain": lambda config, wc: ("contrastive_methods", [wc["method"]]),
     "score_anomaly": lambda config, wc: ("anomaly_scorers", _scorers(config, wc)),
 }
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from defectbench import registry
+from defectbench.claims import claims_table_markdown
 from defectbench.runtime import DefectbenchError, atomic_path
 
 CONTRASTIVE_ORDER = registry.names("contrastive_methods")
@@ -206,7 +207,10 @@ def clustering_section(tables_dir: Path) -> str:
 def render_sections(tables_dir: str | Path) -> dict[str, str]:
     """Every generated section of the reference README, by name."""
     t = Path(tables_dir)
+    # the claims table leads the README once a run has produced it (runs before issue 16 did not)
+    claims = {"claims": claims_table_markdown(pd.read_parquet(t / "claims.parquet"))} if (t / "claims.parquet").is_file() else {}
     return {
+        **claims,
         "diffcl-neu": diffcl_section(t, "diffcl_neu"),
         "diffcl-pcb": diffcl_section(t, "diffcl_pcb"),
         "label-efficiency": label_efficiency_section(t),

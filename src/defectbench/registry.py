@@ -94,13 +94,15 @@ ANOMALY_SCORERS: dict[str, Entry] = {
 # Scorer keyword argument <- anomaly-section key.
 SCORER_ARGUMENTS = {"knn_k": "k"}
 
-# Feature sources of the image-level scorers: every contrastive method (its encoder.pt) and the
-# backbone as initialised (`anomaly.pretrained`).
+# Feature sources of the image-level scorers and the probes: every contrastive method (its
+# encoder.pt) and the untrained controls (defectbench.features.CONTROL_SOURCES): the backbone at
+# random init, and the backbone with the section's `pretrained` weights.
 FEATURE_SOURCES: dict[str, Entry] = {
     **{name: Entry("defectbench.features:load_feature_source", reads=("encoder",), summary=f"{name} encoder")
        for name in CONTRASTIVE_METHODS},
+    "random": Entry("defectbench.features:load_feature_source", summary="the backbone at random init (the seed's draw)"),
     "pretrained": Entry("defectbench.features:load_feature_source", reads=("pretrained",),
-                        summary="the backbone as initialised by anomaly.pretrained"),
+                        summary="the backbone with the `pretrained` weights, untrained"),
 }
 
 # Patch-embedding sources of anomaly clustering.

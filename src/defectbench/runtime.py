@@ -22,11 +22,13 @@ import logging
 import os
 import platform
 import random
+import secrets
+import shutil
+import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -110,6 +112,44 @@ def _warn_if_bf16_emulated() -> None:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+# Temporary names are created with os.open(..., 0o666) / os.mkdir(..., 0o777) rather than
+# tempfile.mkstemp/mkdtemp (0600/0700): the kernel then applies the caller's umask (and any default
+# ACL), so a finished output is as readable by a team as a file any other tool would write. Some
+# libraries write privately all the same (safetensors, under diffusers' save_pretrained, writes
+# 0600), so before the rename everything written gets the bits the umask allowed on creation.
+def new_temp_file(parent: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create an empty, uniquely named file in ``parent`` with the mode the umask gives."""
+    return _create_unique(Path(parent), prefix, suffix, lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
+
+
+def new_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """Create an empty, uniquely named directory in ``parent`` with the mode the umask gives."""
+    return _create_unique(Path(parent), prefix, "", lambda p: os.mkdir(p, 0o777))
+
+
+def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            create(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free temporary name starting with {prefix!r} after 100 tries")
+
+
+def _grant_allowed_bits(root: Path, allowed: int) -> None:
+    """Add the permission bits ``allowed`` (0777 & ~umask) to ``root`` and everything under it
+    (files: the read/write bits only), never removing a bit."""
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        wanted = mode | (allowed if path.is_dir() else allowed & 0o666)
+        if wanted != mode:
+            os.chmod(path, wanted)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
@@ -123,14 +163,32 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = new_temp_file(path.parent, f".{path.name}.", suffix or path.suffix or ".tmp")
+    allowed = stat.S_IMODE(tmp_path.stat().st_mode)
     try:
         yield tmp_path
+        _grant_allowed_bits(tmp_path, allowed)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_temp_dir(path.parent, f".{path.name}.")
+    allowed = stat.S_IMODE(tmp.stat().st_mode)
+    try:
+        yield tmp
+        _grant_allowed_bits(tmp, allowed)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -3,7 +3,9 @@
 Training data: the labelled subset ``labelled_subset(split, fraction)`` of the classification
 split's train rows (nested across fractions). Model: backbone + Linear(d, C) trained with
 cross-entropy (optionally inverse-frequency class weights, as C.1), AdamW, cosine schedule per
-step, light on-device augmentation (:mod:`defectbench.ssl.augment`). Model selection: none — the
+step, on-device augmentation (:mod:`defectbench.ssl.augment`; default the papers' light recipe:
+small crops, flips, 90° rotations). Budget: a number of optimiser steps (:func:`step_budget`),
+the same for every label fraction; ``train_steps`` is recorded. Model selection: none — the
 **last epoch** is evaluated (clean protocol: no test labels, no early stopping on test).
 Evaluation: softmax probabilities on the test subset, without test-time augmentation, scored with
 :func:`defectbench.metrics.classification.classification_metrics`.
@@ -12,6 +14,7 @@ Evaluation: softmax probabilities on the test subset, without test-time augmenta
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,21 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+def step_budget(scfg: dict[str, Any], n_train: int) -> int:
+    """Optimiser steps of a supervised run: ``steps``, or ``epochs`` passes over the whole train
+    split (``n_train`` images, full batches) when ``steps`` is null. Independent of the label
+    fraction, so a 10% run is not trained 10x shorter than the 100% one.
+
+    >>> step_budget({"steps": None, "epochs": 15, "batch_size": 64}, 384)
+    90
+    >>> step_budget({"steps": 40, "epochs": 15, "batch_size": 64}, 384)
+    40
+    """
+    if scfg["steps"]:
+        return int(scfg["steps"])
+    return int(scfg["epochs"]) * max(1, n_train // int(scfg["batch_size"]))
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -108,21 +126,22 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
     labels = torch.as_tensor(labels_np.copy(), device=device)
     n = len(train)
     batch_size = min(int(scfg["batch_size"]), n)
-    preset, aug = resolve_params(scfg.get("augment"), images)
+    preset, aug = resolve_params(scfg["augment"], images)
     weights = class_weights(labels_np, n_classes).to(device) if scfg["class_weights"] == "inverse_frequency" else None
 
     net, dim = build_backbone(backbone, scfg["pretrained"])
     model = Classifier(net, dim, n_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(scfg["lr"]),
                                   weight_decay=float(scfg["weight_decay"]))
-    epochs = int(scfg["epochs"])
     steps_per_epoch = max(1, n // batch_size)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    total_steps = step_budget(scfg, int((split["subset"] == "train").sum()))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
                  if scfg["schedule"] == "cosine" else None)
 
     def batches(epoch: int, gen: torch.Generator):
         perm = torch.randperm(n, generator=gen, device=device)
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, total_steps - epoch * steps_per_epoch)):  # the last epoch may be cut short
             yield perm[i * batch_size:(i + 1) * batch_size]
 
     def step(idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -132,8 +151,8 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
 
     ckpt = job_checkpoint(Path(model_path).parent, {"cfg": cfg, "fraction": fraction},
                           {"cache": cache_path, "split": split_path})
-    log.info("supervised %s on %s: %d labelled images (%.3g of train), %d classes, %d epochs, device %s, amp %s",
-             backbone, dataset, n, fraction, n_classes, epochs, device, amp)
+    log.info("supervised %s on %s: %d labelled images (%.3g of train), %d classes, %d steps (%d epochs), device %s, amp %s",
+             backbone, dataset, n, fraction, n_classes, total_steps, epochs, device, amp)
     history = train_loop(model, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp=amp,
                          checkpoint_path=ckpt, checkpoint_every=int(scfg["checkpoint_every"]),
                          scheduler=scheduler, log_prefix=f"[supervised/{dataset}] ")
@@ -152,7 +171,8 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
     labels_pct = round(fraction * 100, 6)
     record = write_metrics(
         metrics_path, stage="classification",
-        metrics={**metrics, "train_images": n, "final_loss": float(history["loss"].iloc[-1]),
+        metrics={**metrics, "train_images": n, "train_steps": total_steps, "epochs": epochs,
+                 "final_loss": float(history["loss"].iloc[-1]),
                  "images_per_s": float(history["images_per_s"].mean())},
         config=cfg, keys={"dataset": dataset, "method": "supervised", "backbone": backbone, "seed": seed,
                           "labels_pct": labels_pct},

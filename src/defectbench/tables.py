@@ -87,7 +87,7 @@ _RECORD_FIELDS = {
     "stage", "protocol", "metrics", "config", "config_hash", "versions", "device", "wall_time_s",
     "host", "finished_at", "extra", "amp",
 }
-_NUMERIC_KEYS = {"seed": "Int64", "labels_pct": "float64"}
+_NUMERIC_KEYS = {"seed": "Int64", "labels_pct": "float64", "budget_epochs": "Int64", "image_size": "Int64"}
 
 TITLES: dict[str, str] = {
     "classification": "Classification: linear probes on frozen features and the supervised baseline",
@@ -489,8 +489,12 @@ def render_markdown(parquet_path: str | Path) -> str:
     df = pd.read_parquet(path)
     if path.stem.startswith("comparison_"):
         return render_comparison_markdown(df, path.stem.removeprefix("comparison_"))
+    if path.stem == "claims":
+        from defectbench.claims import render_claims_markdown
+
+        return render_claims_markdown(df)
     if path.stem not in STAGES:
-        raise DefectbenchError(f"{path}: not a defectbench table (expected one of {', '.join(STAGES)} or comparison_*)")
+        raise DefectbenchError(f"{path}: not a defectbench table (expected one of {', '.join(STAGES)}, claims or comparison_*)")
     return render_stage_markdown(df, path.stem)
 
 
@@ -527,7 +531,7 @@ def regenerate_markdown(tables_dir: str | Path) -> dict[str, Path]:
     tables_dir = Path(tables_dir)
     written: dict[str, Path] = {}
     for parquet in sorted(tables_dir.glob("*.parquet")):
-        if parquet.stem not in STAGES and not parquet.stem.startswith("comparison_"):
+        if parquet.stem not in STAGES and parquet.stem != "claims" and not parquet.stem.startswith("comparison_"):
             continue
         md = parquet.with_suffix(".md")
         text = render_markdown(parquet)

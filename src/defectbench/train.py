@@ -51,6 +51,9 @@ from defectbench.runtime import (
 log = logging.getLogger("defectbench")
 
 HISTORY_COLUMNS = ("epoch", "loss", "lr", "images_per_s", "seconds", "amp")
+# Called with each finished epoch's history row. A job's live MLflow run registers here
+# (defectbench.tracking.tracked_job), so no stage has to pass a logger through.
+EPOCH_END_CALLBACKS: list[Callable[[dict[str, Any]], None]] = []
 
 
 def content_hash(path: str | Path) -> str:
@@ -261,6 +264,8 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
                  row["loss"], row["lr"], row["images_per_s"], seconds)
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
             save(epoch + 1)
+        for callback in EPOCH_END_CALLBACKS:  # after this epoch's checkpoint, so a failing callback loses none
+            callback(row)
     return history_frame(history)
 
 

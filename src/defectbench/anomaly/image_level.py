@@ -107,7 +107,8 @@ def score_anomaly(*, features_path: str, split_path: str, metrics_path: str, sco
         test_scores = score(memory, x["test"])
         test_labels = parts["test"]["label"].to_numpy().astype(int)
         metrics = evaluate_anomaly(test_scores, test_labels, holdout_scores,
-                                   quantile=float(acfg["threshold_quantile"]))
+                                   quantile=float(acfg["threshold_quantile"]),
+                                   test_types=parts["test"]["label_name"].to_numpy())
         if protocol == "faithful":
             metrics.update(leaky_percentile_metrics(test_scores, test_labels, float(acfg["leaky_percentile"])))
         scores = pd.concat([

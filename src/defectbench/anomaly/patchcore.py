@@ -503,6 +503,7 @@ def run_patchcore(
         quantile=cfg["threshold_quantile"],
         maps=test_maps if test_masks is not None else None, masks=test_masks,
         pro_mode=metrics_cfg["pro_mode"], fpr_limit=metrics_cfg["pro_fpr_limit"],
+        test_types=subsets["test"]["label_name"].to_numpy(),
     )
     metrics.update({f"time_{k}": v for k, v in model.timings.items()})
     metrics["memory_bank_size"] = float(len(model.memory_bank))

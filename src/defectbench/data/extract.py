@@ -25,12 +25,11 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from defectbench.runtime import DefectbenchError
+from defectbench.runtime import DefectbenchError, new_temp_dir
 
 log = logging.getLogger("defectbench")
 
@@ -118,7 +117,7 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     archive, target = Path(archive), Path(target)
     kind = archive_kind(archive)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp = new_temp_dir(target.parent, f".{target.name}.partial-")
     try:
         n = _extract_tar(archive, tmp) if kind == "tar" else _extract_zip(archive, tmp)
         os.replace(tmp, target)

@@ -31,14 +31,13 @@ import csv
 import logging
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from defectbench import registry
-from defectbench.runtime import DefectbenchError
+from defectbench.runtime import DefectbenchError, new_temp_dir
 
 log = logging.getLogger("defectbench")
 
@@ -67,7 +66,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     """Swap the complete directory ``tmp`` in as ``final`` (the old one is removed afterwards)."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old = new_temp_dir(final.parent, f".{final.name}.old-")
         os.replace(final, old / final.name)
     os.replace(tmp, final)
     if old is not None:
@@ -311,7 +310,7 @@ def scan_deeppcb(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = Non
     templates = bool(cfg["templates"])
     pairs = _deeppcb_pairs(pcb)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".crops.partial-", dir=dataset_dir))
+    tmp = new_temp_dir(dataset_dir, ".crops.partial-")
     final = dataset_dir / "crops"
 
     def crop_pair(pair: tuple[Path, Path, Path, str]) -> list[Item]:
@@ -474,7 +473,7 @@ def scan_yolo(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) 
     if not images:
         raise DefectbenchError(f"{images_dir}: no images")
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".masks.partial-", dir=dataset_dir))
+    tmp = new_temp_dir(dataset_dir, ".masks.partial-")
     final = dataset_dir / "masks"
     splits = {"train": "train", "val": "test", "valid": "test", "test": "test"}
     items = []

@@ -54,15 +54,20 @@ def read_marker(marker: str | os.PathLike) -> dict[str, Any]:
         raise DefectbenchError(f"{marker}: damaged fetch marker; delete it and rerun") from None
 
 
-def subsample_per_class(items: list[Item], max_per_class: int | None, seed: int = SUBSAMPLE_SEED) -> list[Item]:
+def subsample_per_class(items: list[Item], max_per_class: int | None, seed: int = SUBSAMPLE_SEED, *,
+                        max_nominal: int | None = None, max_defective: int | None = None) -> list[Item]:
     """At most ``max_per_class`` items per class, drawn with numpy PCG64(seed); order kept.
 
-    >>> its = [Item(Path(f"{c}{i}"), c, False) for c in "ab" for i in range(5)]
+    ``max_nominal`` / ``max_defective`` replace ``max_per_class`` for the classes of nominal /
+    anomalous images (null = ``max_per_class``), so an anomaly dataset can keep all its
+    defect-free images while its defect classes stay capped (or the other way round).
+
+    >>> its = [Item(Path(f"{c}{i}"), c, c == "b") for c in "ab" for i in range(5)]
     >>> [i.class_name for i in subsample_per_class(its, 2)]
     ['a', 'a', 'b', 'b']
+    >>> [i.class_name for i in subsample_per_class(its, 2, max_nominal=4)]
+    ['a', 'a', 'a', 'a', 'b', 'b']
     """
-    if not max_per_class:
-        return items
     rng = np.random.Generator(np.random.PCG64(seed))
     keep: set[int] = set()
     by_class: dict[str, list[int]] = {}
@@ -70,10 +75,12 @@ def subsample_per_class(items: list[Item], max_per_class: int | None, seed: int 
         by_class.setdefault(item.class_name, []).append(idx)
     for name in sorted(by_class):
         idx = by_class[name]
-        if len(idx) <= max_per_class:
+        override = max_defective if items[idx[0]].is_anomalous else max_nominal
+        cap = override if override is not None else max_per_class
+        if not cap or len(idx) <= cap:
             keep.update(idx)
         else:
-            keep.update(np.asarray(idx)[rng.choice(len(idx), size=max_per_class, replace=False)].tolist())
+            keep.update(np.asarray(idx)[rng.choice(len(idx), size=cap, replace=False)].tolist())
     return [item for i, item in enumerate(items) if i in keep]
 
 
@@ -198,7 +205,8 @@ def build_manifest(
     layout = dataset_cfg["layout"]
     items, classes = scan_layout(layout, root, dataset_cfg, Path(marker).parent, workers=workers)
     log.info("%s: layout %s found %d images in %d classes", record.get("dataset", "?"), layout, len(items), len(classes))
-    items = subsample_per_class(sorted(items, key=lambda it: it.path.as_posix()), dataset_cfg["max_per_class"])
+    items = subsample_per_class(sorted(items, key=lambda it: it.path.as_posix()), dataset_cfg["max_per_class"],
+                                max_nominal=dataset_cfg["max_nominal"], max_defective=dataset_cfg["max_defective"])
     df = manifest_frame(items, classes, workers=workers, project_root=project_root,
                         bit_depth=dataset_cfg["bit_depth"], background=dataset_cfg["alpha_background"])
     counts = df.groupby("class_name", sort=False).size().to_dict()

@@ -14,6 +14,7 @@ Split columns: ``row`` (index into manifest and cache), ``subset``, ``label``, `
   holds every class in both parts (DeepPCB's trainval/test lists), that split is used instead.
 * anomaly: train and holdout are nominal only; test = ``test_fraction`` of the nominal images +
   every anomalous image; ``holdout_fraction`` of the nominal train is held out for thresholds.
+  ``max_train_nominal`` caps train + holdout; the nominal images it leaves out are test images.
   With ``official_split`` and a dataset that has its own train/test (MVTec AD, VisA 1cls,
   DeepPCB), nominal train images form train+holdout and the official test set is the test set
   (an anomalous image is always test).
@@ -150,8 +151,15 @@ def anomaly_split(
     test_fraction: float = 0.2,
     holdout_fraction: float = 0.2,
     official_split: bool = True,
+    max_train_nominal: int | None = None,
 ) -> pd.DataFrame:
-    """Train/holdout (nominal only) and test (nominal share + all anomalous) rows."""
+    """Train/holdout (nominal only) and test (nominal share + all anomalous) rows.
+
+    ``max_train_nominal``: at most this many nominal images in train + holdout (a seeded draw
+    from the pool); the rest of the pool is not trained on, so it joins the test set, which then
+    holds every nominal image not used for training or thresholds. With the dataset's official
+    split the official test set is kept as it is and the rest of the pool is ``unused``.
+    """
     anomalous = manifest["is_anomalous"].to_numpy(dtype=bool)
     nominal_rows = np.flatnonzero(~anomalous)
     if len(nominal_rows) < 3:
@@ -170,11 +178,19 @@ def anomaly_split(
     else:
         test_nominal = stratified_test_rows(manifest, nominal_rows, test_fraction, split_rng(seed, "anomaly_test"))
         pool = np.setdiff1d(nominal_rows, test_nominal)
+    left_out = np.zeros(0, dtype=np.int64)
+    if max_train_nominal is not None and len(pool) > max_train_nominal:
+        if max_train_nominal < 2:
+            raise DefectbenchError(f"anomaly split: max_train_nominal {max_train_nominal}: needs at least 2 (train + holdout)")
+        kept = np.sort(split_rng(seed, "anomaly_train_cap").choice(pool, size=max_train_nominal, replace=False))
+        left_out = np.setdiff1d(pool, kept)
+        pool = kept
     holdout = stratified_test_rows(manifest, pool, holdout_fraction, split_rng(seed, "anomaly_holdout"))
     subset = np.full(len(manifest), "test", dtype=object)
     subset[pool] = "train"
     subset[holdout] = "holdout"
     subset[test_nominal] = "test"
+    subset[left_out] = "unused" if src is not None else "test"
     names = np.where(anomalous, manifest["class_name"].astype(str).to_numpy(), NOMINAL_NAME)
     return pd.DataFrame(
         {
@@ -214,7 +230,8 @@ def make_split(manifest: pd.DataFrame, task: str, seed: int, dataset_cfg: dict[s
     official = bool(dataset_cfg["official_split"])
     if task == "classification":
         return classification_split(manifest, seed, test_fraction, official)
-    kwargs = dict(test_fraction=test_fraction, holdout_fraction=float(dataset_cfg["holdout_fraction"]), official_split=official)
+    kwargs = dict(test_fraction=test_fraction, holdout_fraction=float(dataset_cfg["holdout_fraction"]),
+                  official_split=official, max_train_nominal=dataset_cfg["max_train_nominal"])
     if task == "anomaly":
         return anomaly_split(manifest, seed, **kwargs)
     if task == "clustering":

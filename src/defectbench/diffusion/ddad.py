@@ -386,7 +386,8 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
                                    quantile=float(cfg["threshold_quantile"]),
                                    maps=maybe_crop(test_maps), masks=maybe_crop(masks),
                                    pro_mode=mcfg["pro_mode"],
-                                   fpr_limit=float(mcfg["pro_fpr_limit"]))
+                                   fpr_limit=float(mcfg["pro_fpr_limit"]),
+                                   test_types=test_rows["label_name"].to_numpy())
     keep = _map_sample(labels)
     map_index = np.full(len(test_rows), -1)
     map_index[keep] = np.arange(len(keep))

@@ -32,11 +32,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +45,7 @@ from defectbench.data.cache import split_images
 from defectbench.runtime import (
     DefectbenchError,
     Timer,
+    atomic_dir,
     autocast_context,
     effective_amp,
     pick_device,
@@ -234,22 +232,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- saving / loading
-@contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_diffusion(model_dir: str | os.PathLike, unet: nn.Module, scheduler: Any) -> None:
     """``save_pretrained`` of the UNet and the scheduler config into one directory, atomically."""
     with atomic_dir(model_dir) as tmp:

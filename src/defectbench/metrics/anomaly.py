@@ -36,6 +36,8 @@ Speed: one sort of all pixel scores serves pixel AUROC, both PRO modes and the r
 
 from __future__ import annotations
 
+import re
+
 from typing import Literal
 
 import numpy as np
@@ -239,11 +241,13 @@ def evaluate_anomaly(
     masks: np.ndarray | None = None,
     pro_mode: ProMode = "standard",
     fpr_limit: float = 0.3,
+    test_types: np.ndarray | None = None,
 ) -> dict[str, float | None]:
     """Every anomaly metric of one test set (module docstring). Labels: 1 = anomalous.
 
     ``holdout_scores`` are scores of held-out *nominal* images from a model that never saw them;
     only they fix the threshold. ``maps``/``masks`` (N,H,W) add pixel AUROC and PRO.
+    ``test_types`` (defect type name per test image) adds :func:`detection_rates` at that threshold.
     """
     scores = np.asarray(test_scores, dtype=np.float64).ravel()
     labels = np.asarray(test_labels).ravel().astype(bool)
@@ -266,9 +270,30 @@ def evaluate_anomaly(
         "n_anomalous": float(labels.sum()),
         "n_holdout": float(holdout.size),
     }
+    if test_types is not None:
+        out.update(detection_rates(scores, labels, test_types, threshold))
     if maps is not None and masks is not None and np.any(np.asarray(masks) > 0):
         out.update(pixel_metrics(maps, masks, mode=pro_mode, fpr_limit=fpr_limit))
     return out
+
+
+def detection_rates(scores: np.ndarray, labels: np.ndarray, types: np.ndarray, threshold: float) -> dict[str, float]:
+    """Share of each defect type's test images flagged (score above ``threshold``), as
+    ``detect_<type>`` (type name lower-cased, non-alphanumerics as ``_``); anomalous images only.
+
+    >>> detection_rates(np.array([.9, .2, .7, .1]), np.array([1, 1, 1, 0]), np.array(["Crack", "Crack", "blow-hole", "good"]), .5)
+    {'detect_blow_hole': 1.0, 'detect_crack': 0.5}
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    types = np.asarray(types).astype(str).ravel()
+    if types.size != scores.size:
+        raise DefectbenchError(f"detection_rates: {types.size} defect types for {scores.size} test scores")
+    out: dict[str, float] = {}
+    for name in sorted(set(types[labels])):
+        hit = labels & (types == name)
+        out["detect_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")] = float(np.mean(scores[hit] > threshold))
+    return dict(sorted(out.items()))
 
 
 def leaky_percentile_metrics(

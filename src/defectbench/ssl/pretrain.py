@@ -44,6 +44,17 @@ from defectbench.train import epoch_generator, job_checkpoint, train_loop
 log = logging.getLogger("defectbench")
 
 
+def method_label(method: str, with_views: bool, loss_params: dict[str, Any]) -> str:
+    """The name of what ran: ``eps_supinfonce`` for ``fairkl`` whose FairKL term is off (no
+    generated views to take bias labels from, or ``weight`` 0), else ``method``.
+
+    >>> method_label("fairkl", False, {"weight": 1.0}), method_label("fairkl", True, {"weight": 1.0})
+    ('eps_supinfonce', 'fairkl')
+    """
+    if method == "fairkl" and (not with_views or float(loss_params["weight"]) == 0.0):
+        return "eps_supinfonce"
+    return method
+
 
 def method_params(method: str, ccfg: dict[str, Any]) -> dict[str, Any]:
     """The method's parameters (defaults already merged in: see :func:`defectbench.params.method_params`)."""
@@ -221,8 +232,10 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
     record = write_metrics(
         metrics_path, stage="pretraining",
         metrics={"final_loss": float(history["loss"].iloc[-1]), "images_per_s": images_seen / max(seconds, 1e-9),
-                 "train_seconds": seconds, "epochs": epochs, "train_images": n, "batch_size": batch_size},
-        config=cfg, keys={"dataset": dataset, "method": method, "backbone": backbone, "seed": seed, "task": task},
+                 "train_seconds": seconds, "epochs": epochs, "train_steps": epochs * steps_per_epoch,
+                 "train_images": n, "batch_size": batch_size},
+        config=cfg, keys={"dataset": dataset, "method": method_label(method, needs_views, kwargs), "backbone": backbone,
+                          "seed": seed, "task": task},
         device=str(device), wall_time_s=time.perf_counter() - t_start,
         extra={"amp": amp, "channels_last": channels_last, "augment_preset": preset, "augment": aug.as_dict(),
                "loss_params": kwargs, "diffcl_variant": variant if method == "diffcl" else None,
