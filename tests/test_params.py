@@ -95,10 +95,27 @@ def test_a_method_job_reads_only_its_own_merged_params():
     assert _job("pretrain_contrastive", other, method="supcon") == _job("pretrain_contrastive", cfg, method="supcon")
 
 
-def test_probe_params_ignore_the_switch_that_adds_the_pretrained_probe():
-    off, on = _cfg(), _cfg(probe={"include_pretrained": True, "pretrained": "torchvision"})
+def test_probe_params_ignore_the_switches_that_add_control_probes():
+    off = _cfg()
+    on = _cfg(probe={"controls": ["random", "pretrained"], "pretrained": "torchvision",
+                     "pretrained_backbones": ["resnet18"]})
     assert _job("linear_probe", off, method="simclr") == _job("linear_probe", on, method="simclr")
+    assert _job("linear_probe", off, method="random") == _job("linear_probe", on, method="random")
     assert _job("linear_probe", on, method="pretrained")["probe"]["pretrained"] == "torchvision"
+    # a probe kind's own keys only: the logistic probe does not read the linear head's epochs
+    logistic = _job("linear_probe", off, method="simclr")["probe"]
+    assert logistic["l2_grid"] and "epochs" not in logistic
+    assert "l2_grid" not in _job("linear_probe", _cfg(probe={"kind": "linear"}), method="simclr")["probe"]
+
+
+def test_budget_points_read_their_epochs_and_the_methods_own_params():
+    cfg = _cfg(contrastive={"epochs": 7})
+    point = _job("budget_pretrain", cfg, method="simclr", epochs="20", size="32")
+    assert point["contrastive"]["epochs"] == 20
+    assert point["contrastive"]["method_params"] == {"simclr": {}}
+    assert {k: v for k, v in point.items() if k != "contrastive"} == {
+        k: v for k, v in _job("pretrain_contrastive", cfg, method="simclr").items() if k != "contrastive"}
+    assert _job("budget_probe", cfg, method="simclr")["probe"] == _job("linear_probe", cfg, method="simclr")["probe"]
 
 
 def test_clustering_reads_the_patchcore_embedding_keys_not_its_coreset():
@@ -163,6 +180,8 @@ def test_fingerprints_cover_what_each_stage_imports():
     assert "ssl/losses.py" in pretrain and "train.py" in pretrain and "__init__.py" in pretrain
     assert "metrics/anomaly.py" in scoring and "ssl/losses.py" not in scoring
     assert "metrics/anomaly.py" not in pretrain
+    # the job frame (tracked_job: log + live MLflow runs) writes no output: only the track rule's code
+    assert "tracking.py" not in pretrain and "tracking.py" in _closure_of("track")
     assert "metrics/anomaly.py" in _closure_of("patchcore")
     everything = set().union(*(_closure_of(rule, method="simclr", scorer="knn") for rule in params.STAGES))
     assert "cli.py" not in everything  # a file no stage imports: editing it reruns nothing

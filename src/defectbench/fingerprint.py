@@ -83,8 +83,14 @@ def module_closure(modules: Iterable[str]) -> set[Path]:
     return seen
 
 
+# The frame every job script runs in (its log and, with a tracking server, its live MLflow runs):
+# it writes none of the job's outputs, so a script importing only it from that module does not
+# take the MLflow/tables code into its fingerprint (an edit there reruns the track rule only).
+JOB_FRAME = ("defectbench.tracking", frozenset({"tracked_job"}))
+
+
 def script_imports(script: str | Path) -> tuple[str, ...]:
-    """The ``defectbench`` modules a workflow script imports."""
+    """The ``defectbench`` modules a workflow script imports (not the job frame, :data:`JOB_FRAME`)."""
     return _script_imports(Path(script).resolve())
 
 
@@ -96,6 +102,8 @@ def _script_imports(script: Path) -> tuple[str, ...]:
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
+            if (node.module, {a.name for a in node.names}) == (JOB_FRAME[0], JOB_FRAME[1]):
+                continue
             found += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
     return tuple(m for m in found if m.startswith(PACKAGE + "."))
 
