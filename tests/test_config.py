@@ -91,7 +91,7 @@ STRICT_CASES = [
     ({"supervised": {"lrr": 1}}, "config key supervised.lrr: unknown key"),
     ({"clustering": {"features": "patchcor"}}, "config key clustering.features: unknown name 'patchcor'; valid names: patchcore"),
     ({"anomaly": {"features": ["simclr", "simclrr"]}},
-     "config key anomaly.features.1: unknown name 'simclrr'; valid names: simclr, supcon, dcl, hcl, adnce, decoupled, fairkl, gca, diffcl, pretrained"),
+     "config key anomaly.features.1: unknown name 'simclrr'; valid names: simclr, supcon, dcl, hcl, adnce, decoupled, fairkl, gca, diffcl, random, pretrained"),
     ({"anomaly": {"scorers": ["knn", "lof"]}},
      "config key anomaly.scorers.1: unknown name 'lof'; valid names: knn, mahalanobis, mahalanobis_shrinkage, cosine"),
     ({"clustering": {"weightings": ["avg"]}},
