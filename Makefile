@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   create .venv if missing, run the embedded default config end to end
 #   make test   create .venv if missing, run the whole test suite
+#   make env-slurm  add the Slurm executor plugin (the `slurm` extra) for `--profile profiles/slurm`
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -8,7 +9,7 @@ CORES ?= all
 # Snakemake jobs (and Slurm jobs, which inherit the environment) must find the venv's tools.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test env lint clean-results
+.PHONY: demo test env env-slurm lint clean-results
 
 env: $(STAMP)
 
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+env-slurm: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[slurm]'
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml

@@ -28,6 +28,15 @@ include: "rules/clustering.smk"
 include: "rules/report.smk"
 
 
+# Seconds of single-process work each: on a cluster the main Snakemake process runs them itself
+# instead of submitting jobs that would queue longer than they run (no effect on local runs).
+localrules:
+    all,
+    aggregate,
+    figures,
+    track,
+
+
 rule all:
     default_target: True
     input:

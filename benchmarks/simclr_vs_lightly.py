@@ -1,18 +1,22 @@
 """Our SimCLR pipeline vs lightly's standard SimCLR pipeline, side by side in ONE process (CPU).
 
-Both train the same network (torchvision resnet18 without fc + projector 512-512-128) with the
-same batch size and image size on the same real NEU steel images:
+Both train the same network (torchvision resnet18 without fc + projector 512-512-128, Adam) with
+the same batch size on the same real NEU steel images, and every switch is applied to both sides:
 
-* lightly: ``LightlyDataset`` over the NEU image folder -> ``SimCLRTransform`` (PIL, per image) ->
-  ``DataLoader`` -> ``NTXentLoss``; fp32 (its standard recipe).
-* ours: images decoded once into a uint8 array (the pipeline's cache) -> batched augmentation on
-  the device (``defectbench.ssl.augment``) -> ``defectbench.ssl.losses.nt_xent``; fp32, and with
-  bf16 autocast + channels_last as config switches.
+* same images: the NEU JPEGs resized once to --size px; lightly reads them as PNG files of that
+  size (so both random-resized-crop from the same --size px source), ours from the uint8 array
+  (the pipeline's decode-once cache);
+* same precision and memory format, in pairs: fp32, and bf16 autocast + channels_last;
+* same torch threads (--threads) and the same number of DataLoader worker processes (--workers)
+  producing the augmented batches (lightly: its dataset + ``SimCLRTransform``, per image in PIL;
+  ours: ``defectbench.ssl.augment.augment_batch`` on whole batches in an ``IterableDataset``).
 
 Reported: images/s end to end (data + augmentation + step) and for the training step alone
-(forward + loss + backward + optimizer on ready tensors), and the ratios ours/lightly.
+(forward + loss + backward + optimizer on a ready batch), the ratios ours/lightly per precision,
+and the step's share of the machine's GEMM ceiling (FLOPs of one step counted by
+``torch.utils.flop_counter``, ceiling = a square matmul at the same precision and threads).
 
-Run (needs the separate venv with lightly, see benchmarks/results/simclr_vs_lightly.md):
+Run (needs lightly next to the project, see benchmarks/results/simclr_vs_lightly.md):
     benchmarks/.work/venv-lightly/bin/python benchmarks/simclr_vs_lightly.py --images 768 --batch 64 --size 64
 """
 
@@ -78,7 +82,40 @@ def timed_steps(step, batches, warmup: int, steps: int) -> list[float]:
         t0 = time.perf_counter()
         n = step(next(it))
         out.append((time.perf_counter() - t0) / n)
+    # Shut the DataLoader workers down now: left alive they keep prefetching batches and would
+    # steal CPU from whatever is timed next.
+    if hasattr(it, "close"):
+        it.close()
     return out
+
+
+def gemm_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best-of GFLOP/s of an n x n x n matmul at ``dtype`` with the current torch threads."""
+    x, y = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    x @ y
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x @ y
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+class OurBatches(torch.utils.data.IterableDataset):
+    """Endless augmented view pairs of shuffled batches (each worker with its own generator)."""
+
+    def __init__(self, images: torch.Tensor, batch: int, params):
+        self.images, self.batch, self.params = images, batch, params
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        gen = torch.Generator().manual_seed(0 if info is None else info.id + 1)
+        b = self.batch
+        while True:
+            perm = torch.randperm(len(self.images), generator=gen)
+            for i in range(len(self.images) // b):
+                x = self.images[perm[i * b:(i + 1) * b]]
+                yield augment_batch(x, self.params, gen), augment_batch(x, self.params, gen)
 
 
 def main() -> None:
@@ -89,8 +126,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2, help="lightly DataLoader workers")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader worker processes, both sides")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precisions", default="fp32,bf16", help="fp32 (channels_first) and/or bf16 (+ channels_last)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -99,13 +137,23 @@ def main() -> None:
     from lightly.loss import NTXentLoss
     from lightly.transforms import SimCLRTransform
 
-    folder = ROOT / ".work" / "neu-images"
-    paths = extract_subset(args.images, folder)
+    paths = extract_subset(args.images, ROOT / ".work" / "neu-images")
     b, s = args.batch, args.size
 
+    # One image pipeline for both: decode + resize once; lightly reads those pixels as PNG files.
+    t0 = time.perf_counter()
+    cache = np.stack([np.asarray(Image.open(p).convert("RGB").resize((s, s), Image.BILINEAR)) for p in paths])
+    decode_s = time.perf_counter() - t0
+    folder = ROOT / ".work" / f"neu-{s}px"
+    for p, img in zip(paths, cache):
+        out = folder / p.parent.name / f"{p.stem}.png"
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(out)
+    images = torch.from_numpy(cache)
+
     # --- lightly's standard pipeline
-    transform = SimCLRTransform(input_size=s)
-    dataset = LightlyDataset(input_dir=str(folder), transform=transform)
+    dataset = LightlyDataset(input_dir=str(folder), transform=SimCLRTransform(input_size=s))
     lightly_loss = NTXentLoss(temperature=0.5)
 
     def lightly_batches():
@@ -115,22 +163,13 @@ def main() -> None:
             for (x0, x1), _, _ in loader:
                 yield x0, x1
 
-    # --- ours: decode once, augment batches on the device
-    t0 = time.perf_counter()
-    cache = np.stack([np.asarray(Image.open(p).convert("RGB").resize((s, s), Image.BILINEAR)) for p in paths])
-    decode_s = time.perf_counter() - t0
-    images = torch.from_numpy(cache)
+    # --- ours: batched augmentation of the uint8 array, in the same number of workers
     # lightly's SimCLRTransform defaults: jitter (.8,.8,.8,.2) p .8, grayscale .2, blur p .5, hflip .5, scale .08-1
     params = preset_params("color", {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2})
-    gen = torch.Generator().manual_seed(0)
 
     def our_batches():
-        while True:
-            perm = torch.randperm(len(images), generator=gen)
-            for i in range(len(images) // b):
-                idx = perm[i * b:(i + 1) * b]
-                x = images[idx]
-                yield augment_batch(x, params, gen), augment_batch(x, params, gen)
+        yield from torch.utils.data.DataLoader(OurBatches(images, b, params), batch_size=None,
+                                               num_workers=args.workers)
 
     def make_step(loss_fn, amp: bool, channels_last: bool):
         model = build_model()
@@ -155,20 +194,33 @@ def main() -> None:
         return step
 
     ours_loss = lambda a, c: nt_xent(a, c, temperature=0.5)  # noqa: E731
-    fixed = next(our_batches())
+    fixed = next(iter(OurBatches(images, b, params)))
 
     def repeat_forever(batch):
         while True:
             yield batch
 
-    configs = {
-        "lightly (fp32)": (lightly_loss, False, False, lightly_batches),
-        "ours (fp32)": (ours_loss, False, False, our_batches),
-        "ours (bf16 + channels_last)": (ours_loss, True, True, our_batches),
-    }
+    # FLOPs of one training step (fp32 count; autocast does not change the op count)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        make_step(ours_loss, False, False)(fixed)
+    gflop_per_image = counter.get_total_flops() / b / 1e9
+
+    precisions = args.precisions.split(",")
+    configs = {}
+    for prec in precisions:
+        amp = cl = prec == "bf16"
+        label = "fp32" if prec == "fp32" else "bf16 + channels_last"
+        configs[f"lightly ({label})"] = (prec, lightly_loss, amp, cl, lightly_batches)
+        configs[f"ours ({label})"] = (prec, ours_loss, amp, cl, our_batches)
+    ceilings: dict[str, list[float]] = {prec: [] for prec in precisions}
     results: dict[str, dict[str, list[float]]] = {k: {"end_to_end": [], "step": []} for k in configs}
     for r in range(args.repeats):  # interleaved repeats: the machine is shared, take medians
-        for name, (loss_fn, amp, cl, batches) in configs.items():
+        for name, (prec, loss_fn, amp, cl, batches) in configs.items():
+            if name.startswith("lightly"):  # the ceiling next to each pair: the load drifts
+                ceilings[prec].append(gemm_gflops(torch.float32 if prec == "fp32" else torch.bfloat16))
             results[name]["end_to_end"] += timed_steps(make_step(loss_fn, amp, cl), batches(), args.warmup, args.steps)
             results[name]["step"] += timed_steps(make_step(loss_fn, amp, cl), repeat_forever(fixed), args.warmup, args.steps)
         print(f"repeat {r + 1}/{args.repeats}:", {k: {m: round(1 / statistics.median(v), 1) for m, v in d.items()}
@@ -176,15 +228,20 @@ def main() -> None:
 
     # images/s from the median seconds per image over every timed iteration of every repeat
     med = {k: {m: 1 / statistics.median(v) for m, v in d.items()} for k, d in results.items()}
-    base = med["lightly (fp32)"]
-    print(f"\nlightly {lightly.__version__}, torch {torch.__version__}, {args.threads} threads, {len(paths)} NEU images, "
-          f"batch {b}, {s} px, resnet18; lightly DataLoader workers {args.workers}; our one-time decode {decode_s:.2f}s "
-          f"({len(paths) / decode_s:.0f} img/s)")
-    print("| pipeline | end to end img/s | ratio vs lightly | step alone img/s | ratio vs lightly |")
-    print("|---|---|---|---|---|")
-    for name, m in med.items():
+    ceiling = {prec: statistics.median(v) for prec, v in ceilings.items()}
+    print(f"\nlightly {lightly.__version__}, torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, {args.workers} DataLoader workers "
+          f"both sides, {len(paths)} NEU images at {s} px, batch {b}, resnet18; one-time decode + resize "
+          f"{decode_s:.2f}s; one step = {gflop_per_image:.3f} GFLOP per image; GEMM ceiling "
+          + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in ceiling.items()))
+    print("| pipeline | end to end img/s | ratio ours/lightly | step alone img/s | ratio ours/lightly | step % of GEMM ceiling |")
+    print("|---|---|---|---|---|---|")
+    for name, (prec, *_rest) in configs.items():
+        m = med[name]
+        base = med[name.replace("ours", "lightly")]
+        pct = 100 * m["step"] * gflop_per_image / ceiling[prec]
         print(f"| {name} | {m['end_to_end']:.1f} | {m['end_to_end'] / base['end_to_end']:.2f}x | {m['step']:.1f} | "
-              f"{m['step'] / base['step']:.2f}x |")
+              f"{m['step'] / base['step']:.2f}x | {pct:.0f}% |")
 
 
 if __name__ == "__main__":

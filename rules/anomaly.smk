@@ -30,22 +30,27 @@ rule anomaly_features:
         "../workflow_scripts/anomaly_features.py"
 
 
+# One job per feature set runs every configured scorer (each takes less than a job's start-up);
+# each scorer keeps its own outputs. Adding a scorer reruns this job, not the feature extraction.
+ANOMALY_SCORERS = config["anomaly"]["scorers"]
+
+
 rule score_anomaly:
     input:
         features=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz",
         info=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz.json",
         split="results/data/{dataset}/splits/anomaly-seed{seed}.parquet",
     output:
-        metrics="results/anomaly/{scorer}/{features}/{dataset}/seed{seed}/metrics.json",
-        scores="results/anomaly/{scorer}/{features}/{dataset}/seed{seed}/scores.parquet",
+        metrics=expand("results/anomaly/{scorer}/{{features}}/{{dataset}}/seed{{seed}}/metrics.json", scorer=ANOMALY_SCORERS),
+        scores=expand("results/anomaly/{scorer}/{{features}}/{{dataset}}/seed{{seed}}/scores.parquet", scorer=ANOMALY_SCORERS),
     wildcard_constraints:
-        scorer=registry.wildcard_pattern("anomaly_scorers"),
         features=registry.wildcard_pattern("feature_sources"),
     params:
         cfg=job_params("score_anomaly"),
+        scorers=ANOMALY_SCORERS,
         backbone=lambda w: anomaly_backbone(w.features),
     log:
-        "logs/score_anomaly/{scorer}/{features}/{dataset}/seed{seed}.log",
+        "logs/score_anomaly/{features}/{dataset}/seed{seed}.log",
     conda:
         "../envs/defectbench.yaml"
     script:

@@ -56,6 +56,34 @@ def test_kcenter_matches_brute_force(num, dim, n, block, pool, max_elements):
     assert picks.tolist() == brute_force_kcenter(points, n, starts)
 
 
+def test_kcenter_picks_on_one_thread_and_updates_on_all(monkeypatch):
+    # Per-pick ops (addmv over the pool) on one thread, the batched update GEMMs (addmm) on every
+    # thread the caller set, the caller's count restored afterwards; the picks stay exact.
+    import defectbench.anomaly.patchcore as pc
+
+    seen: dict[str, set[int]] = {"addmv": set(), "addmm": set()}
+    for name in seen:
+        real = getattr(torch, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen[_name].add(torch.get_num_threads())
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(pc.torch, name, spy)
+    gen = torch.Generator().manual_seed(1)
+    points = torch.randn(600, 6, generator=gen, dtype=torch.float64)
+    starts = torch.randperm(600, generator=gen)[:10]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        picks = kcenter_greedy(points, 150, starts, block=16, pool=64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"addmv": {1}, "addmm": {2}}
+    assert picks.tolist() == brute_force_kcenter(points, 150, starts)
+
+
 def test_greedy_coreset_size_seed_and_spread():
     gen = torch.Generator().manual_seed(0)
     # two clusters of very different sizes: a random subsample would miss the small one, k-center must not

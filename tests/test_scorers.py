@@ -99,24 +99,28 @@ def test_score_anomaly_stage(tmp_path):
     order = rng.permutation(n)  # rows stored in any order
     np.savez(feats_path, rows=order, features=feats[order])
 
+    train = feats[split["subset"] == "train"]
     for protocol in ("clean", "faithful"):
         out = tmp_path / protocol
-        record = score_anomaly(features_path=str(feats_path), split_path=str(split_path),
-                               metrics_path=str(out / "metrics.json"), scores_path=str(out / "scores.parquet"),
-                               cfg=_stage_cfg(protocol), dataset="toy", scorer="knn", features="simclr",
-                               backbone="resnet18", seed=0)
-        m = record["metrics"]
-        assert m["image_auroc"] == pytest.approx(1.0)
-        train = feats[split["subset"] == "train"]
-        holdout_scores = score_knn(train, feats[split["subset"] == "holdout"], k=2)
-        assert m["threshold"] == pytest.approx(np.quantile(holdout_scores, 0.9))
-        scores = pd.read_parquet(out / "scores.parquet")
-        assert set(scores["subset"]) == {"holdout", "test"}
-        test_rows = scores[scores["subset"] == "test"].sort_values("row")
-        assert test_rows["score"].to_numpy() == pytest.approx(score_knn(train, feats[test_rows["row"].to_numpy()], k=2))
-        saved = json.loads((out / "metrics.json").read_text())
-        assert (saved["stage"], saved["scorer"], saved["features"], saved["protocol"]) == ("anomaly", "knn", "simclr", protocol)
-        assert ("leaky_f1_weighted" in m) == (protocol == "faithful")
+        scorers = ["knn", "cosine"]  # one job, every scorer: each with its own outputs
+        records = score_anomaly(features_path=str(feats_path), split_path=str(split_path),
+                                outputs={s: (str(out / s / "metrics.json"), str(out / s / "scores.parquet")) for s in scorers},
+                                cfg=_stage_cfg(protocol), dataset="toy", features="simclr", backbone="resnet18", seed=0)
+        assert list(records) == scorers
+        for scorer, score_fn in (("knn", lambda m, q: score_knn(m, q, k=2)), ("cosine", score_cosine)):
+            m = records[scorer]["metrics"]
+            assert m["image_auroc"] == pytest.approx(1.0)
+            holdout_scores = score_fn(train, feats[split["subset"] == "holdout"])
+            assert m["threshold"] == pytest.approx(np.quantile(holdout_scores, 0.9))
+            scores = pd.read_parquet(out / scorer / "scores.parquet")
+            assert set(scores["subset"]) == {"holdout", "test"}
+            test_rows = scores[scores["subset"] == "test"].sort_values("row")
+            assert test_rows["score"].to_numpy() == pytest.approx(score_fn(train, feats[test_rows["row"].to_numpy()]))
+            saved = json.loads((out / scorer / "metrics.json").read_text())
+            assert (saved["stage"], saved["scorer"], saved["features"], saved["protocol"]) == ("anomaly", scorer, "simclr", protocol)
+            assert ("leaky_f1_weighted" in m) == (protocol == "faithful")
+        # different scorers, different numbers: each output holds its own scorer's scores
+        assert records["knn"]["metrics"]["threshold"] != records["cosine"]["metrics"]["threshold"]
 
 
 def test_extract_anomaly_features_pretrained(tmp_path):

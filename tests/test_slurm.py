@@ -5,7 +5,8 @@ stand-in GPUs. The workflow runs in a temporary working copy on a tiny ELPV conf
 of profiles/slurm whose sizes are clamped to this machine (2 cores); partitions and GPU requests
 are kept exactly as in the real profile. The test cancels a running GPU job with `scancel`,
 checks that Snakemake reports the cancellation and fails, then reruns to completion and checks
-where every job ran. Without root and without Slurm the tests skip, except under CI=true.
+where every job ran. Without root and without Slurm, or without the executor plugin (the `slurm`
+extra, `make env-slurm`), the tests skip, except under CI=true.
 
 Time budget: every Slurm job costs about 15 s of Snakemake start-up inside the job plus the
 plugin's polling (+10 s per idle poll), so about 35 s per link of a job chain. The data stage
@@ -15,12 +16,14 @@ experiment jobs (pretraining, supervised baseline, probe) go through Slurm.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -35,7 +38,10 @@ pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "scripts" / "local-slurm.sh"
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 # docs/CONTRACTS.md: rule names the profile sets resources by.
-GPU_RULES = {"pretrain_diffusion", "diffusion_views", "pretrain_contrastive", "train_supervised", "ddad", "patchcore"}
+GPU_RULES = {"pretrain_diffusion", "diffusion_views", "pretrain_contrastive", "train_supervised", "ddad", "patchcore",
+             "budget_pretrain"}
+# Run by the main Snakemake process, never submitted (Snakefile `localrules`).
+LOCAL_RULES = {"aggregate", "figures", "track"}
 # Tiny real run: ELPV (PyPI package) at 32 px, 1 epoch, SimCLR only, classification only.
 TINY_CONFIG = {
     "run_name": "slurm-test",
@@ -55,7 +61,7 @@ TINY_CONFIG = {
     "diffusion": {"enabled": False},
     "contrastive": {"methods": ["simclr"], "epochs": 2, "batch_size": 8},
     "supervised": {"enabled": True, "epochs": 1, "batch_size": 8},
-    "probe": {"epochs": 2},
+    "probe": {"epochs": 2, "controls": []},  # no control probe: three jobs with results
     "anomaly": {"features": ["simclr"]},
     "patchcore": {"enabled": False},
     "ddad": {"enabled": False},
@@ -83,9 +89,11 @@ def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(tmp_p
     assert defaults["slurm_partition"] == "main"
     assert {"runtime", "mem_mb", "cpus_per_task"} <= set(defaults)
     rules = prof["set-resources"]
-    # Every rule of the workflow has its own entry (a new rule must be sized for the cluster).
+    # Every submitted rule of the workflow has its own entry (a new rule must be sized for the
+    # cluster); local rules have none.
     in_workflow = workflow_rules(tmp_path)
-    assert set(rules) >= in_workflow | GPU_RULES, sorted(in_workflow - set(rules))
+    assert LOCAL_RULES <= in_workflow and not LOCAL_RULES & set(rules)
+    assert set(rules) >= (in_workflow - LOCAL_RULES) | GPU_RULES, sorted(in_workflow - LOCAL_RULES - set(rules))
     for name in GPU_RULES:
         assert rules[name]["gpu"] == 1, name
         assert rules[name]["slurm_partition"] == "gpu", name
@@ -98,11 +106,30 @@ def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(tmp_p
         assert re.search(rf"^  {name}:\s+#", text, re.M), f"set-resources.{name} has no comment"
 
 
+def test_profile_groups_name_workflow_rules_and_have_a_size(tmp_path):
+    prof = yaml.safe_load(PROFILE.read_text())
+    groups = dict(entry.split("=") for entry in prof["groups"])
+    sizes = {name: int(n) for name, n in (entry.split("=") for entry in prof["group-components"])}
+    assert set(groups) <= workflow_rules(tmp_path) - LOCAL_RULES - GPU_RULES  # small CPU rules only
+    assert set(groups.values()) == set(sizes) and all(n >= 1 for n in sizes.values())
+
+
 def test_default_profile_sets_no_resources():
     # profiles/default is loaded under --profile profiles/slurm too: it must not override resources.
     prof = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
     assert prof["rerun-incomplete"] is True and prof["keep-going"] is False
     assert not {"default-resources", "set-resources", "executor", "jobs"} & set(prof)
+
+
+def test_slurm_plugin_is_an_extra_not_a_base_dependency():
+    # Snakemake imports every installed executor plugin when it starts; the Slurm one then runs
+    # `scontrol show config`, which blocks ~9 s without a reachable controller. Plain local runs
+    # must not pay that, so only the `slurm` extra (make env-slurm) installs it.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    plugin = "snakemake-executor-plugin-slurm"
+    assert not [d for d in project["dependencies"] if d.startswith(plugin)]
+    assert [d for d in project["optional-dependencies"]["slurm"] if d.startswith(f"{plugin}==")]
+    assert plugin not in (ROOT / "envs" / "defectbench.yaml").read_text()
 
 
 # ----------------------------------------------------------------------------- the local Slurm
@@ -115,6 +142,10 @@ def _slurm_up() -> bool:
 @pytest.fixture(scope="module")
 def slurm():
     """A running local Slurm; started here (and stopped afterwards) when it was not running."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but the Slurm executor plugin is missing: run make env-slurm (the 'slurm' extra)")
+        pytest.skip("the Slurm executor plugin is not installed (make env-slurm)")
     started = False
     if not _slurm_up():
         if os.geteuid() != 0:
@@ -148,16 +179,17 @@ def ci_profile(project: Path) -> str:
     return str(dest)
 
 
-def _jobs(since: int) -> list[dict[str, str]]:
-    """Slurm jobs with id > since: id, rule, state. The executor submits with
-    `--comment rule_<rule>` or `rule_<rule>_wildcards_<values>`."""
+def _jobs(since: int, workdir: Path) -> list[dict[str, str]]:
+    """This test's Slurm jobs (id > since, submitted from ``workdir``, so another Slurm user's jobs
+    never count): id, rule, state. The executor submits with `--comment rule_<rule>` or
+    `rule_<rule>_wildcards_<values>`; a group job's <rule> is `<group>_<its rules>`."""
     out = subprocess.run(
-        ["squeue", "-h", "--states=all", "-o", "%i|%k|%T"], capture_output=True, text=True, check=True
+        ["squeue", "-h", "--states=all", "-o", "%i|%k|%T|%Z"], capture_output=True, text=True, check=True
     ).stdout
     jobs = []
     for line in out.splitlines():
-        jid, comment, state = line.strip().split("|")
-        if int(jid) > since and comment.startswith("rule_"):
+        jid, comment, state, where = line.strip().split("|")
+        if int(jid) > since and comment.startswith("rule_") and Path(where) == workdir:
             rule = comment.removeprefix("rule_").split("_wildcards_")[0]
             jobs.append({"id": jid, "rule": rule, "state": state})
     return jobs
@@ -180,12 +212,15 @@ DATA_TARGETS = [
 ]
 ENCODER = "results/pretrain/simclr/elpv/classification/resnet18/seed0/encoder.pt"
 PROBE = "results/probe/simclr/elpv/resnet18/seed0/labels100/metrics.json"
-TARGETS = [PROBE, "results/supervised/elpv/resnet18/seed0/labels100/metrics.json"]
+CONTROL_PROBE = "results/probe/random/elpv/resnet18/seed0/labels100/metrics.json"
+TABLE = "results/tables/classification.parquet"  # aggregate: a local rule, never submitted
+TARGETS = [PROBE, CONTROL_PROBE, "results/supervised/elpv/resnet18/seed0/labels100/metrics.json", TABLE]
 
 
 def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
     project = working_copy(tmp_path)
-    write_config(project, TINY_CONFIG)
+    # With the random-init control probe: two probe jobs, packed into one Slurm group job.
+    write_config(project, {**TINY_CONFIG, "probe": {**TINY_CONFIG["probe"], "controls": ["random"]}})
     profile = ci_profile(project)
     config = ["--configfile", "config/test.yaml"]
     # The data stage locally (see the module docstring), the experiment jobs through Slurm.
@@ -205,7 +240,7 @@ def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
         cancelled = None
         deadline = time.monotonic() + RUN_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
-            running = [j for j in _jobs(since) if j["rule"] == "pretrain_contrastive" and j["state"] == "RUNNING"]
+            running = [j for j in _jobs(since, project) if j["rule"] == "pretrain_contrastive" and j["state"] == "RUNNING"]
             if running:
                 cancelled = running[0]["id"]
                 fields = _job_fields(cancelled)
@@ -223,7 +258,8 @@ def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
     assert not (project / ENCODER).exists()
 
     # Run 2: the rerun completes (the cancelled job is submitted again, the supervised baseline
-    # runs beside it on the other stand-in GPU).
+    # runs beside it on the other stand-in GPU; both probes run in one Slurm job, the profile's
+    # `probes` group; the table is aggregated by the main Snakemake process).
     proc2 = snakemake(project, *TARGETS, *base, timeout=RUN_TIMEOUT)
     out2 = proc2.stdout + proc2.stderr
     assert (project / ENCODER).exists(), out2[-3000:]
@@ -233,10 +269,11 @@ def test_workflow_through_slurm_with_cancel_and_rerun(slurm, tmp_path):
     metrics = json.loads((project / ENCODER).with_name("metrics.json").read_text())
     assert metrics["device"] == "cpu"
 
-    # Where every job ran: GPU rules on `gpu` with one GPU, the rest on `main` without.
-    jobs = _jobs(since)
+    # Where every job ran: GPU rules on `gpu` with one GPU, the rest on `main` without; the two
+    # probes as one group job (`probes_linear_probe`), aggregate not submitted at all.
+    jobs = _jobs(since, project)
     seen = Counter(j["rule"] for j in jobs)
-    assert seen == {"pretrain_contrastive": 2, "train_supervised": 1, "linear_probe": 1}, jobs
+    assert seen == {"pretrain_contrastive": 2, "train_supervised": 1, "probes_linear_probe": 1}, jobs
     for job in jobs:
         fields = _job_fields(job["id"])
         if job["id"] == cancelled:

@@ -85,7 +85,7 @@ def test_deleted_emptied_or_force_synced_store_keeps_every_run(tmp_path):
 
     # 3. a changed probe config: the probe's earlier run stays, not current; --forcerun track
     # (which never deletes the store) keeps it
-    write_config(project, {**CONFIG, "probe": {"epochs": 1}})
+    write_config(project, {**CONFIG, "probe": {**CONFIG["probe"], "val_fraction": 0.3}})  # a key the logistic probe reads
     snakemake(project, *args, timeout=300)
     snakemake(project, *args, "--forcerun", "track", timeout=300)
     assert current_jobs(uri) == sorted(JOBS)

@@ -41,7 +41,6 @@ import re
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from defectbench.runtime import DefectbenchError
 
@@ -102,10 +101,11 @@ def binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return _trapezoid(tpr, fpr)
 
 
-def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Step-wise average precision (sklearn's definition): sum over thresholds of
     (R_i - R_{i-1}) * P_i. ``None`` without positives."""
-    labels = labels.astype(bool)
+    labels = np.asarray(labels).ravel().astype(bool)
+    scores = np.asarray(scores).ravel()
     n_pos = int(labels.sum())
     if n_pos == 0:
         return None
@@ -139,6 +139,8 @@ def _f1_max(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected ground-truth regions of a (N,H,W) mask stack: int32 ids (0 = nominal pixel,
     1..R = region), 8-connected within each image, never joined across images."""
+    from scipy import ndimage  # pixel metrics only: image-level scoring jobs skip the import
+
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 3x3 neighbourhood in-plane only
     regions, n = ndimage.label(np.asarray(masks) > 0, structure=structure)
@@ -261,7 +263,7 @@ def evaluate_anomaly(
     threshold = float(np.quantile(holdout, quantile))
     out: dict[str, float | None] = {
         "image_auroc": binary_auroc(labels, scores),
-        "image_auprc": _average_precision(labels, scores),
+        "image_auprc": average_precision(labels, scores),
         "threshold": threshold,
         **_binary_at(labels, scores > threshold),
         "holdout_fpr": float(np.mean(holdout > threshold)),

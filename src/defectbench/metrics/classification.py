@@ -25,8 +25,10 @@ positive) are added as ``binary_precision``, ``binary_recall``, ``binary_f1``.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
+# The library's own sorted-curve AUROC/AP (checked against sklearn in the tests): importing
+# sklearn.metrics would cost every probe job about a second of start-up (it loads scipy.stats).
+from defectbench.metrics.anomaly import average_precision, binary_auroc
 from defectbench.runtime import DefectbenchError
 
 
@@ -82,9 +84,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, n_classes: int
     aurocs, aps = [], []
     for k in present:
         positive = y_true == k
-        aps.append(average_precision_score(positive, proba[:, k]))
+        aps.append(average_precision(positive, proba[:, k]))
         if 0 < positive.sum() < positive.size:
-            aurocs.append(roc_auc_score(positive, proba[:, k]))
+            aurocs.append(binary_auroc(positive, proba[:, k]))
 
     out: dict[str, float | None] = {
         "accuracy": float(np.trace(cm) / y_true.size),

@@ -1,0 +1,157 @@
+"""Start-up cost per job: `import <stage module>` per pipeline stage, and the overhead of a no-op job.
+
+    python benchmarks/startup.py                                         # this tree only
+    python benchmarks/startup.py --variant before=/path/to/old/src --variant after=src
+
+* Import: wall seconds of ``python -c 'import <module>'`` for the module each rule's script imports
+  (a fresh process each time, so nothing is cached in memory except by the OS).
+* No-op job: a one-rule Snakefile whose script imports the score_anomaly stage module and returns.
+  ``snakemake --cores 1`` is timed with --jobs no-op jobs and with none (every output present);
+  the difference divided by the number of jobs is what each job adds: Snakemake's job set-up, the
+  script's Python start-up and the stage import.
+
+Variants (source trees holding ``defectbench``) and measurements are interleaved over --repeats
+rounds; the tables show medians. Run it with the Python of the environment to measure: the
+Snakemake executor plugins installed there are imported by every Snakemake call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# The module each rule's workflow script imports (workflow_scripts/*.py).
+STAGES = {
+    "fetch_dataset": "defectbench.data.sources",
+    "build_manifest": "defectbench.data.manifest",
+    "make_split": "defectbench.data.splits",
+    "build_cache": "defectbench.data.cache",
+    "pretrain_contrastive": "defectbench.ssl.pretrain",
+    "train_supervised": "defectbench.supervised",
+    "linear_probe": "defectbench.probe",
+    "anomaly_features / score_anomaly": "defectbench.anomaly.image_level",
+    "patchcore": "defectbench.anomaly.patchcore",
+    "cluster": "defectbench.clustering",
+    "pretrain_diffusion": "defectbench.diffusion.ddpm",
+    "ddad": "defectbench.diffusion.ddad",
+    "aggregate": "defectbench.tables",
+    "figures": "defectbench.figures",
+    "track": "defectbench.tracking",
+}
+NOOP_SNAKEFILE = """
+rule all:
+    input: expand("out/{{i}}.done", i=range({jobs}))
+
+rule noop:
+    output: "out/{{i}}.done"
+    script: "noop.py"
+"""
+NOOP_SCRIPT = """
+from defectbench.anomaly.image_level import score_anomaly  # the stage module of a light job
+from pathlib import Path
+
+Path(snakemake.output[0]).touch()  # noqa: F821
+"""
+
+
+def cost(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a command and every process it waited for.
+
+    CPU seconds (user + system) hardly depend on how busy the shared machine is; wall seconds do.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=SRC")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=4, help="no-op jobs per timed Snakemake call")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "startup.md")
+    args = ap.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant) or {"current": str(ROOT / "src")}
+    variants = {name: str(Path(src).resolve()) for name, src in variants.items()}
+    envs = {name: dict(os.environ, PYTHONPATH=src) for name, src in variants.items()}
+
+    load_start = os.getloadavg()[0]
+    imports: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    noop: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "Snakefile").write_text(NOOP_SNAKEFILE.format(jobs=args.jobs))
+        (work / "noop.py").write_text(NOOP_SCRIPT)
+        snakemake = [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet", "all"]
+        for r in range(args.repeats):
+            for name, env in envs.items():
+                for stage, module in STAGES.items():
+                    imports.setdefault((name, stage), []).append(cost([sys.executable, "-c", f"import {module}"], env))
+                shutil.rmtree(work / "out", ignore_errors=True)
+                with_jobs = cost(snakemake, env, work)
+                without = cost(snakemake, env, work)  # every output present: nothing to run
+                noop.setdefault(name, []).append(tuple((a - b) / args.jobs for a, b in zip(with_jobs, without)))
+            print(f"round {r + 1}/{args.repeats} done", flush=True)
+    load_end = os.getloadavg()[0]
+
+    names = list(variants)
+
+    def median(values: list[tuple[float, float]], which: int) -> float:
+        return statistics.median(v[which] for v in values)
+
+    def table(which: int) -> list[str]:
+        head = "| stage (module) | " + " | ".join(names) + (" | before / after |" if len(names) == 2 else " |")
+        rows = [head, "|---|" + "---|" * len(names) + ("---|" if len(names) == 2 else "")]
+        for stage, module in STAGES.items():
+            vals = [median(imports[(n, stage)], which) for n in names]
+            ratio = f" {vals[0] / vals[1]:.1f}x |" if len(names) == 2 else ""
+            rows.append(f"| {stage} (`{module}`) | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
+        return rows
+
+    lines = [
+        "# Start-up cost per job: stage imports and a no-op job",
+        "",
+        f"Command: `python benchmarks/startup.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load average "
+        f"{load_start:.1f} at start, {load_end:.1f} at end), Python {platform.python_version()}. "
+        f"Variants: {', '.join(f'{n} = `{s}`' for n, s in variants.items())}. {args.repeats} interleaved rounds, medians.",
+        "",
+        "## `python -c 'import <module>'`: CPU seconds (user + system; the load-independent figure)",
+        "",
+        *table(1),
+        "",
+        "## The same, wall seconds (inflated by the machine's load)",
+        "",
+        *table(0),
+        "",
+        f"## One no-op job (score_anomaly's module): `snakemake --cores 1` with {args.jobs} no-op jobs minus the "
+        "same call with nothing to do, per job",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| CPU s | " + " | ".join(f"{median(noop[n], 1):.2f}" for n in names) + " |",
+        "| wall s | " + " | ".join(f"{median(noop[n], 0):.2f}" for n in names) + " |",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
