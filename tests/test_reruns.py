@@ -166,13 +166,16 @@ SCENARIOS = {
     "add a scorer": (
         _set("anomaly", "scorers", lambda s: s + ["mahalanobis"]),
         {job("score_anomaly", features="simclr", dataset="elpv", seed=0), *REPORT}),
-    # fingerprints are per file: anomaly/image_level.py holds the feature extraction too, and the
-    # clustering embeds with anomaly/patchcore.py, so both import metrics/anomaly.py.
+    # fingerprints are per file: anomaly/image_level.py holds the feature extraction too, the
+    # clustering embeds with anomaly/patchcore.py, and the classification metrics of the probes and
+    # the supervised baseline take their AUROC/AP from metrics/anomaly.py: all import it.
     "edit metrics/anomaly.py": (
         lambda p: p.edit_library("metrics/anomaly.py"),
         {job("score_anomaly", features="simclr", dataset="elpv", seed=0),
          job("anomaly_features", features="simclr", **E), job("patchcore", **E),
-         job("cluster", dataset="elpv", features="resnet18", seed=0), *REPORT}),
+         job("cluster", dataset="elpv", features="resnet18", seed=0),
+         *(job("linear_probe", method=m, **E) for m in ("simclr", "supcon", "random")),
+         job("linear_probe", method="pretrained", **LITE), job("train_supervised", pct=100, **E), *REPORT}),
     "edit ssl/losses.py": (
         lambda p: p.edit_library("ssl/losses.py"),
         {*(job("pretrain_contrastive", method=m, **PRE) for m in ("simclr", "supcon")),
