@@ -1,25 +1,24 @@
 # Image-level anomaly scorers on frozen features (specs B): features of every anomaly-split image
 # are extracted once per feature source (anomaly_features) and shared by every scorer
-# (score_anomaly). Feature sources: contrastive methods pretrained on the split's nominal train
-# images (backbone = first of `backbones`), and the controls 'random' (that backbone at random
-# init) and 'pretrained' (anomaly.pretrained weights on anomaly.pretrained_backbone, default the
-# same backbone). Library: defectbench.anomaly.image_level.
+# (score_anomaly). Feature sources (defectbench.registry.FEATURE_SOURCES): contrastive methods
+# pretrained on the split's nominal train images (backbone = first of `backbones`), and the
+# controls 'random' (that backbone at random init) and 'pretrained' (anomaly.pretrained weights on
+# anomaly.pretrained_backbone, default the same backbone). Library: defectbench.anomaly.image_level.
 
-# Keys that change the features (not the scorer list: adding a scorer must not re-extract).
-ANOMALY_FEATURE_KEYS = ["pretrained", "amp", "feature_batch_size"]
-ANOMALY_SCORER_KEYS = ["knn_k", "threshold_quantile", "refit_on_holdout", "leaky_percentile"]
+
+include: "anomaly_helpers.smk"
 
 
 rule anomaly_features:
     input:
         unpack(anomaly_feature_inputs),
     wildcard_constraints:
-        features="[a-z0-9_]+",
+        features=registry.wildcard_pattern("feature_sources"),
     output:
         features="results/anomaly/features/{features}/{backbone}/{dataset}/seed{seed}/features.npz",
         info="results/anomaly/features/{features}/{backbone}/{dataset}/seed{seed}/features.npz.json",
     params:
-        cfg=anomaly_feature_params,
+        cfg=job_params("anomaly_features"),
     threads: 2
     log:
         "logs/anomaly_features/{features}/{backbone}/{dataset}/seed{seed}.log",
@@ -45,9 +44,9 @@ rule score_anomaly:
         metrics=expand("results/anomaly/{scorer}/{{features}}/{{dataset}}/seed{{seed}}/metrics.json", scorer=ANOMALY_SCORERS),
         scores=expand("results/anomaly/{scorer}/{{features}}/{{dataset}}/seed{{seed}}/scores.parquet", scorer=ANOMALY_SCORERS),
     wildcard_constraints:
-        features="[a-z0-9_]+",
+        features=registry.wildcard_pattern("feature_sources"),
     params:
-        cfg=config_slice(anomaly={k: config["anomaly"][k] for k in ANOMALY_SCORER_KEYS}),
+        cfg=job_params("score_anomaly"),
         scorers=ANOMALY_SCORERS,
         backbone=lambda w: anomaly_backbone(w.features),
     log:

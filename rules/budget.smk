@@ -8,6 +8,9 @@
 BUDGET_DIR = "results/budget/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}"
 
 
+include: "budget_helpers.smk"
+
+
 rule budget_pretrain:
     input:
         cache="results/data/{dataset}/cache-{size}.npy",
@@ -17,9 +20,10 @@ rule budget_pretrain:
         history=f"{BUDGET_DIR}/history.parquet",
         metrics=f"{BUDGET_DIR}/pretraining.json",
     wildcard_constraints:
+        method=registry.wildcard_pattern("contrastive_methods"),
         epochs=r"\d+",
     params:
-        cfg=budget_pretrain_params,
+        cfg=job_params("budget_pretrain"),
     threads: 2
     log:
         "logs/budget_pretrain/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}.log",
@@ -44,9 +48,10 @@ rule budget_probe:
         history=f"{BUDGET_DIR}/labels100/history.parquet",
         head=f"{BUDGET_DIR}/labels100/probe.pt",
     wildcard_constraints:
+        method=registry.wildcard_pattern("contrastive_methods"),
         epochs=r"\d+",
     params:
-        cfg=config_slice("probe"),
+        cfg=job_params("budget_probe"),
     threads: 2
     log:
         "logs/budget_probe/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}.log",

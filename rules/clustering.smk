@@ -3,7 +3,8 @@
 # One job per dataset x seed embeds the images once and writes every configured weighting.
 # {features} = the patch-embedding backbone (patchcore.backbone). Library: defectbench.clustering.
 
-CLUSTER_WEIGHTINGS = config["clustering"]["weightings"]
+
+include: "clustering_helpers.smk"
 
 
 rule cluster:
@@ -19,7 +20,7 @@ rule cluster:
             weighting=CLUSTER_WEIGHTINGS,
         ),
     params:
-        cfg=config_slice("clustering", "patchcore"),
+        cfg=job_params("cluster"),
         weightings=CLUSTER_WEIGHTINGS,
     threads: 2
     log:
@@ -30,5 +31,3 @@ rule cluster:
         "../envs/defectbench.yaml"
     script:
         "../workflow_scripts/cluster.py"
-
-

@@ -1,24 +1,18 @@
 # Data stage: fetch (verify + extract) -> manifest -> splits per task x seed -> decode-once cache.
 # Library: defectbench.data (sources, extract, layouts, manifest, splits, cache).
 #
-# Each rule receives only the keys of the dataset entry it reads (plus the code version), so
-# e.g. changing image_size rebuilds the cache but never re-fetches or re-verifies the images.
+# Each rule receives only the keys of the dataset entry it reads (defectbench.params), so e.g.
+# changing image_size rebuilds the cache but never re-fetches or re-verifies the images.
 
-FETCH_KEYS = ["source"]
-MANIFEST_KEYS = FETCH_KEYS + [
-    "layout", "category", "max_per_class", "max_nominal", "max_defective", "crop_padding", "templates", "classes",
-    "nominal_classes", "labels_file", "bit_depth", "alpha_background",
-]
-SPLIT_KEYS = ["test_fraction", "holdout_fraction", "official_split", "max_train_nominal"]
-# Pixel scaling comes from the manifest's pixel_scale column; these shape the cached squares.
-CACHE_KEYS = ["alpha_background", "resize", "resize_to"]
+
+include: "data_helpers.smk"
 
 
 rule fetch_dataset:
     output:
         "resources/datasets/{dataset}/.fetched.json",
     params:
-        cfg=data_params(FETCH_KEYS),
+        cfg=job_params("fetch_dataset"),
     log:
         "logs/fetch_dataset/{dataset}.log",
     conda:
@@ -33,7 +27,7 @@ rule build_manifest:
     output:
         "results/data/{dataset}/manifest.parquet",
     params:
-        cfg=data_params(MANIFEST_KEYS),
+        cfg=job_params("build_manifest"),
     threads: 2
     log:
         "logs/build_manifest/{dataset}.log",
@@ -51,7 +45,7 @@ rule make_split:
     output:
         "results/data/{dataset}/splits/{task}-seed{seed}.parquet",
     params:
-        cfg=data_params(SPLIT_KEYS),
+        cfg=job_params("make_split"),
     log:
         "logs/make_split/{dataset}/{task}-seed{seed}.log",
     conda:
@@ -67,7 +61,7 @@ rule build_cache:
         images="results/data/{dataset}/cache-{size}.npy",
         masks="results/data/{dataset}/masks-{size}.npy",
     params:
-        cfg=data_params(CACHE_KEYS),
+        cfg=job_params("build_cache"),
     threads: 2
     log:
         "logs/build_cache/{dataset}/{size}.log",
@@ -77,5 +71,3 @@ rule build_cache:
         "../envs/defectbench.yaml"
     script:
         "../workflow_scripts/build_cache.py"
-
-

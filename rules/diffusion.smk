@@ -6,21 +6,7 @@
 # for DiffCL views, `anomaly` (nominal train images) for DDAD, so no anomaly test image is ever
 # seen in pretraining.
 
-DIFFUSION_DIR = "results/pretrain/diffusion/{dataset}/{task}/seed{seed}"
-DDAD_DIR = "results/anomaly/ddad/{backbone}/{dataset}/seed{seed}"
-# Keys of the diffusion section that change the trained model (not the views, not `enabled`).
-DIFFUSION_TRAIN_KEYS = [
-    "epochs", "batch_size", "lr", "weight_decay", "ema_decay", "num_train_timesteps", "beta_start", "beta_end",
-    "block_out_channels", "layers_per_block", "attention_levels", "resnet_updown", "checkpoint_every", "amp",
-    "converged_loss", "converged_mask_ratio",
-]
-
-
-def _anomaly_masks(wildcards):
-    """The masks for the convergence report: only the anomaly task's model never saw a defect."""
-    if wildcards.task != "anomaly":
-        return {}
-    return {"masks": f"results/data/{wildcards.dataset}/masks-{image_size(wildcards.dataset)}.npy"}
+include: "diffusion_helpers.smk"
 
 
 rule pretrain_diffusion:
@@ -32,9 +18,7 @@ rule pretrain_diffusion:
         metrics=f"{DIFFUSION_DIR}/metrics.json",
         history=f"{DIFFUSION_DIR}/history.parquet",
     params:
-        cfg=_without_protocol(
-            config_slice(diffusion={k: config["diffusion"][k] for k in DIFFUSION_TRAIN_KEYS})
-        ),
+        cfg=job_params("pretrain_diffusion"),
     threads: 2
     log:
         "logs/pretrain_diffusion/{dataset}/{task}/seed{seed}.log",
@@ -53,9 +37,7 @@ rule diffusion_views:
     output:
         views=f"{DIFFUSION_DIR}/views.npy",
     params:
-        cfg=_without_protocol(
-            config_slice(diffusion={"views": config["diffusion"]["views"], "amp": config["diffusion"]["amp"]})
-        ),
+        cfg=job_params("diffusion_views"),
     threads: 2
     log:
         "logs/diffusion_views/{dataset}/{task}/seed{seed}.log",
@@ -79,7 +61,7 @@ rule ddad:
         maps=f"{DDAD_DIR}/maps.npy",
         history=f"{DDAD_DIR}/da_history.parquet",
     params:
-        cfg=config_slice("ddad", "metrics", threshold_quantile=config["anomaly"]["threshold_quantile"]),
+        cfg=job_params("ddad"),
     threads: 2
     log:
         "logs/ddad/{backbone}/{dataset}/seed{seed}.log",

@@ -3,6 +3,9 @@
 # Library: defectbench.anomaly.patchcore (run_patchcore).
 
 
+include: "patchcore_helpers.smk"
+
+
 rule patchcore:
     input:
         unpack(patchcore_inputs),
@@ -11,7 +14,7 @@ rule patchcore:
         scores="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/scores.parquet",
         maps="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/maps.npy",
     params:
-        cfg=config_slice("patchcore", "metrics", threshold_quantile=config["anomaly"]["threshold_quantile"]),
+        cfg=job_params("patchcore"),
     threads: 2
     log:
         "logs/patchcore/{backbone}/{dataset}/seed{seed}.log",
@@ -21,5 +24,3 @@ rule patchcore:
         "../envs/defectbench.yaml"
     script:
         "../workflow_scripts/patchcore.py"
-
-

@@ -1,5 +1,5 @@
-# Representation learning (specs A.2-A.4, C.1): contrastive pretraining (nine methods, one loop,
-# one loss function each) and the supervised baseline.
+# Representation learning (specs A.2-A.4, C.1): contrastive pretraining (the registered methods,
+# one loop, one loss function each) and the supervised baseline.
 # Library: defectbench.ssl.pretrain.pretrain_contrastive, defectbench.supervised.train_supervised.
 #
 # pretrain_contrastive: every method in contrastive.methods x classification dataset x backbone x
@@ -7,7 +7,8 @@
 # for anomaly datasets and the anomaly.features that are contrastive methods. DiffCL (and FairKL
 # with method_params.fairkl.use_views) also reads the diffusion views of the same split.
 
-CONTRASTIVE_METHOD_NAMES = ["simclr", "supcon", "dcl", "hcl", "adnce", "decoupled", "fairkl", "gca", "diffcl"]
+
+include: "pretrain_helpers.smk"
 
 
 rule pretrain_contrastive:
@@ -18,9 +19,9 @@ rule pretrain_contrastive:
         history="results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}/history.parquet",
         metrics="results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}/metrics.json",
     wildcard_constraints:
-        method="|".join(CONTRASTIVE_METHOD_NAMES),
+        method=registry.wildcard_pattern("contrastive_methods"),
     params:
-        cfg=config_slice("contrastive"),
+        cfg=job_params("pretrain_contrastive"),
     threads: 2
     log:
         "logs/pretrain_contrastive/{method}/{dataset}/{task}/{backbone}/seed{seed}.log",
@@ -34,7 +35,7 @@ rule pretrain_contrastive:
 
 rule train_supervised:
     input:
-        cache=lambda wildcards: f"results/data/{wildcards.dataset}/cache-{image_size(wildcards.dataset)}.npy",
+        cache=lambda wildcards: cache_path(wildcards.dataset),
         split="results/data/{dataset}/splits/classification-seed{seed}.parquet",
     output:
         model="results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/model.pt",
@@ -42,7 +43,7 @@ rule train_supervised:
         history="results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/history.parquet",
         metrics="results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json",
     params:
-        cfg=config_slice("supervised"),
+        cfg=job_params("train_supervised"),
         fraction=lambda wildcards: fraction(wildcards.pct),
     threads: 2
     log:
@@ -53,5 +54,3 @@ rule train_supervised:
         "../envs/defectbench.yaml"
     script:
         "../workflow_scripts/train_supervised.py"
-
-

@@ -7,6 +7,9 @@
 PROBE_DIR = "results/probe/{method}/{dataset}/{backbone}/seed{seed}"
 
 
+include: "probe_helpers.smk"
+
+
 rule linear_probe:
     input:
         unpack(probe_inputs),
@@ -15,8 +18,10 @@ rule linear_probe:
         predictions=expand(f"{PROBE_DIR}/labels{{pct}}/predictions.parquet", pct=LABEL_PCTS, allow_missing=True),
         history=expand(f"{PROBE_DIR}/labels{{pct}}/history.parquet", pct=LABEL_PCTS, allow_missing=True),
         heads=expand(f"{PROBE_DIR}/labels{{pct}}/probe.pt", pct=LABEL_PCTS, allow_missing=True),
+    wildcard_constraints:
+        method=registry.wildcard_pattern("feature_sources"),
     params:
-        cfg=config_slice("probe"),
+        cfg=job_params("linear_probe"),
         fractions=[fraction(p) for p in LABEL_PCTS],
     threads: 2
     log:

@@ -20,7 +20,7 @@ rule aggregate:
         html=[_table_report(n) for n in TABLE_NAMES],
         claims=CLAIMS_OUTPUTS,
     params:
-        cfg=config_slice("report"),
+        cfg=job_params("aggregate"),
         paper_datasets=paper_datasets(),
     log:
         "logs/aggregate/aggregate.log",
@@ -44,7 +44,7 @@ rule figures:
             labels={"figure": "{kind}", "subject": "{name}"},
         ),
     params:
-        cfg=config_slice("report"),
+        cfg=job_params("figures"),
     threads: 2
     log:
         "logs/figures/figures.log",
@@ -71,7 +71,7 @@ rule track:
         marker=TRACK_SENTINEL,
         **({"store": update(str(TRACKING_STORE))} if TRACKING_STORE else {}),
     params:
-        cfg=config_slice("tracking", run_name=config["run_name"]),
+        cfg=job_params("track"),
         parent_artifacts=["results/tables"] + ([FIGURES_DIR] if config["report"]["figures"] else []),
     log:
         "logs/track/track.log",

@@ -21,6 +21,7 @@ from defectbench.data.inspect import dataset_entry
 from defectbench.data.manifest import build_manifest
 from defectbench.data.splits import write_split
 from defectbench.runtime import DefectbenchError
+from job_cfg import job_cfg
 from real_images import real_files, write_files
 from workflow_helpers import snakemake, working_copy
 
@@ -176,11 +177,10 @@ def test_mvtec_without_ground_truth_runs_patchcore_image_level_only(shapes, tmp_
         build_cache(df, SIZE, data / f"cache-{SIZE}.npy", data / f"masks-{SIZE}.npy", dataset_cfg=entry, project_root=tmp_path)
         masks = np.load(data / f"masks-{SIZE}.npy")
         assert (masks.sum() > 0) == (shape == "mvtec_masks")
-        cfg = {"device": "cpu", "protocol": "clean",
-               "patchcore": {"backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"],
-                             "pretrain_dim": 32, "target_dim": 32, "patchsize": 3, "coreset_ratio": 0.5,
-                             "projection_dim": 8, "num_neighbors": 1, "reweight": False, "smoothing_sigma": 4.0,
-                             "batch_size": 8}}
+        cfg = job_cfg("patchcore", {"patchcore": {
+            "backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"], "pretrain_dim": 32,
+            "target_dim": 32, "patchsize": 3, "coreset_ratio": 0.5, "projection_dim": 8, "num_neighbors": 1,
+            "reweight": False, "smoothing_sigma": 4.0, "batch_size": 8}})
         out = tmp_path / "results" / "anomaly" / "patchcore" / "resnet18" / name / "seed0"
         run_patchcore(cache_path=data / f"cache-{SIZE}.npy", masks_path=data / f"masks-{SIZE}.npy",
                       split_path=data / "anomaly-seed0.parquet", metrics_path=out / "metrics.json",

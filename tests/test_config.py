@@ -37,7 +37,7 @@ def test_explicit_values_are_kept():
         ({"seeds": [-1]}, "config key seeds.0:"),
         ({"label_fractions": [0.0]}, "config key label_fractions.0:"),
         ({"contrastive": {"methods": ["simclr", "byol"]}}, "config key contrastive.methods.1:"),
-        ({"unknown_section": {}}, "config key (top level):"),
+        ({"unknown_section": {}}, "config key unknown_section: unknown key; valid keys here: anomaly, backbones,"),
     ],
 )
 def test_invalid_values_name_the_key(patch, key):
@@ -64,12 +64,85 @@ def test_shipped_configs_validate():
             load_config(path)
 
 
-def test_broken_yaml_is_one_line(tmp_path):
+def test_broken_yaml_names_file_line_and_column(tmp_path):
     bad = tmp_path / "c.yaml"
-    bad.write_text("datasets: [unclosed\n")
-    with pytest.raises(DefectbenchError, match=str(bad)):
+    bad.write_text("seeds: [0]\ndatasets:\n  neu: {source: {kind: directory, path: x}, layout: imagefolder\n")
+    with pytest.raises(DefectbenchError) as err:
         load_config(bad)
-    assert yaml  # yaml imported for the parser under test
+    # line 3, where the unclosed flow mapping starts going wrong; one line
+    assert str(err.value).startswith(f"{bad}:4:1: not valid YAML") and "\n" not in str(err.value)
+    assert yaml.safe_load("a: 1") == {"a": 1}
+
+
+# Issue 11, strict schema: a typo anywhere, an unknown name, a missing checksum: one line naming
+# the key path and listing what is valid there.
+STRICT_CASES = [
+    ({"contrastive": {"epoch": 5}}, "config key contrastive.epoch: unknown key; valid keys here: amp, augment,"),
+    ({"diffusion": {"enabeld": False}}, "config key diffusion.enabeld: unknown key; valid keys here: amp,"),
+    ({"diffusion": {"views": {"kk": 2}}}, "config key diffusion.views.kk: unknown key; valid keys here: batch_size,"),
+    ({"probe": {"epoch": 5}}, "config key probe.epoch: unknown key"),
+    ({"anomaly": {"scorer": ["knn"]}}, "config key anomaly.scorer: unknown key"),
+    ({"patchcore": {"coreset": 0.1}}, "config key patchcore.coreset: unknown key"),
+    ({"ddad": {"W": 4}}, "config key ddad.W: unknown key"),
+    ({"clustering": {"feature": "patchcore"}}, "config key clustering.feature: unknown key"),
+    ({"metrics": {"pro": 1}}, "config key metrics.pro: unknown key"),
+    ({"tracking": {"url": "x"}}, "config key tracking.url: unknown key"),
+    ({"report": {"figure": True}}, "config key report.figure: unknown key"),
+    ({"supervised": {"lrr": 1}}, "config key supervised.lrr: unknown key"),
+    ({"clustering": {"features": "patchcor"}}, "config key clustering.features: unknown name 'patchcor'; valid names: patchcore"),
+    ({"anomaly": {"features": ["simclr", "simclrr"]}},
+     "config key anomaly.features.1: unknown name 'simclrr'; valid names: simclr, supcon, dcl, hcl, adnce, decoupled, fairkl, gca, diffcl, random, pretrained"),
+    ({"anomaly": {"scorers": ["knn", "lof"]}},
+     "config key anomaly.scorers.1: unknown name 'lof'; valid names: knn, mahalanobis, mahalanobis_shrinkage, cosine"),
+    ({"clustering": {"weightings": ["avg"]}},
+     "config key clustering.weightings.0: unknown name 'avg'; valid names: unsupervised, supervised, average"),
+    ({"contrastive": {"method_params": {"simclrr": {}}}},
+     "config key contrastive.method_params.simclrr: unknown key; valid keys here: adnce, dcl, decoupled, diffcl,"),
+    ({"contrastive": {"method_params": {"dcl": {"tau": 0.1}}}},
+     "config key contrastive.method_params.dcl.tau: unknown key; valid keys here: tau_plus"),
+    ({"contrastive": {"method_params": {"diffcl": {"variant": "x"}}}},
+     "config key contrastive.method_params.diffcl.variant: unknown name 'x'; valid names: views, adainf"),
+]
+
+
+@pytest.mark.parametrize("patch, message", STRICT_CASES)
+def test_strict_schema_names_the_key_and_the_valid_names(patch, message):
+    cfg = copy.deepcopy(MINIMAL)
+    cfg.update(copy.deepcopy(patch))
+    with pytest.raises(DefectbenchError) as err:
+        validate_config(cfg, SCHEMA_PATH)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("source, key", [
+    ({"kind": "url", "url": "https://example.org/x.zip"}, "sha256"),
+    ({"kind": "archive", "path": "x.zip"}, "sha256"),
+    ({"kind": "url", "sha256": "0" * 64}, "url"),
+    ({"kind": "directory"}, "path"),
+    ({"kind": "pip"}, "package"),
+])
+def test_sources_require_their_keys(source, key):
+    cfg = copy.deepcopy(MINIMAL)
+    cfg["datasets"]["neu"]["source"] = source
+    with pytest.raises(DefectbenchError, match=rf"^config key datasets\.neu\.source\.{key}: required"):
+        validate_config(cfg, SCHEMA_PATH)
+
+
+def test_layout_is_a_registered_name():
+    cfg = copy.deepcopy(MINIMAL)
+    cfg["datasets"]["neu"]["layout"] = "image_folder"
+    with pytest.raises(DefectbenchError, match=r"^config key datasets\.neu\.layout: unknown name 'image_folder'; "
+                                               r"valid names: imagefolder, magnetic_tile, deeppcb, elpv, mvtec, visa"):
+        validate_config(cfg, SCHEMA_PATH)
+
+
+def test_method_params_merge_over_the_method_defaults():
+    cfg = copy.deepcopy(MINIMAL)
+    cfg["contrastive"] = {"method_params": {"hcl": {"beta": 2.0}}}
+    out = validate_config(cfg, SCHEMA_PATH)["contrastive"]["method_params"]
+    assert out["hcl"] == {"tau_plus": 0.1, "beta": 2.0}  # tau_plus kept, not replaced by the user's dict
+    assert out["dcl"] == {"tau_plus": 0.1} and out["simclr"] == {}
 
 
 @pytest.mark.parametrize("patch, key", [

@@ -33,6 +33,7 @@ from defectbench import tables  # noqa: E402
 from defectbench.diffusion import ddad, ddpm  # noqa: E402
 from defectbench.models.backbones import FeatureExtractor  # noqa: E402
 from defectbench.runtime import DefectbenchError  # noqa: E402
+from job_cfg import job_cfg  # noqa: E402
 
 CPU = torch.device("cpu")
 TABLE = ddpm.alpha_bar_table(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
@@ -141,8 +142,8 @@ def test_domain_adaptation_batchnorm_buffers(da_bn, one_torch_thread):
     torch.manual_seed(0)
     unet = ddpm.build_unet(32, [8, 16], 1, attention_levels=0).eval()
     images = np.stack([nominal_image(np.random.default_rng(i), 32) for i in range(8)])
-    cfg = {"feature_backbone": "efficientnet_lite0", "pretrained": "package", "da_epochs": 2, "batch_size": 8,
-           "steps": 50, "skip": 25, "da_bn": da_bn}
+    cfg = job_cfg("ddad", {"ddad": {"feature_backbone": "efficientnet_lite0", "pretrained": "package", "da_epochs": 2,
+                                    "batch_size": 8, "steps": 50, "skip": 25, "da_bn": da_bn}})["ddad"]
     loaded = build_model("efficientnet_lite0", "package")
     fe, history = ddad.adapt_feature_extractor(unet, TABLE, images, cfg, seed=0, device=CPU,
                                                checkpoint_path=Path(tempfile.mkdtemp()) / "ckpt.pt")
@@ -261,18 +262,16 @@ def test_ddad_stage_end_to_end(magnetic_tile, tmp_path):
     pre = tmp_path / "pretrain"
     pretrained = ddpm.pretrain_diffusion(root / "cache-32.npy", root / "anomaly-seed0.parquet", model_dir,
                                          pre / "metrics.json", pre / "history.parquet",
-                                         {"diffusion": dcfg, "device": "cpu"}, dataset="mt", task="anomaly", seed=0,
+                                         job_cfg("pretrain_diffusion", {"diffusion": dcfg}), dataset="mt", task="anomaly", seed=0,
                                          masks_path=root / "masks-32.npy")
     # one epoch: the loss is far above converged_loss and the blowholes are not repaired
     pm = pretrained["metrics"]
     assert pm["final_loss"] > 0.1 and pretrained["extra"]["converged"] is False
     assert pm["rec_error_in_mask"] > 0 and pm["rec_error_out_mask"] > 0
     assert pm["rec_error_ratio"] == pytest.approx(pm["rec_error_in_mask"] / pm["rec_error_out_mask"])
-    cfg = {"ddad": {"w": 4.0, "steps": 50, "skip": 25, "eta": 1.0, "v": 1.0, "da_epochs": 1, "da_lambda": 0.1,
-                    "w_da": 3.0, "feature_backbone": "resnet18", "pretrained": "none", "batch_size": 4,
-                    "max_norm": "batch", "sigma": 4.0},
-           "metrics": {"pro_mode": "standard", "pro_fpr_limit": 0.3}, "threshold_quantile": 0.95,
-           "device": "cpu", "protocol": "faithful"}
+    cfg = job_cfg("ddad", {"protocol": "faithful", "ddad": {
+        "w": 4.0, "steps": 50, "skip": 25, "eta": 1.0, "v": 1.0, "da_epochs": 1, "da_lambda": 0.1, "w_da": 3.0,
+        "feature_backbone": "resnet18", "pretrained": "none", "batch_size": 4, "max_norm": "batch", "sigma": 4.0}})
     out = tmp_path / "ddad"
     record = ddad.run_ddad(model_dir, root / "cache-32.npy", root / "masks-32.npy", root / "anomaly-seed0.parquet",
                            out / "metrics.json", out / "scores.parquet", out / "maps.npy", out / "da_history.parquet",
@@ -317,7 +316,7 @@ class ZeroEps(torch.nn.Module):
 def test_mask_reconstruction_errors_by_hand():
     """With ε̂ = 0 every DDIM step rescales x_t, so the trajectory ends at x_t*/sqrt(ᾱ_t*) =
     x + sqrt((1-ᾱ)/ᾱ)·noise: the error is the same noise inside and outside the masks."""
-    scheduler = ddpm.make_scheduler({})
+    scheduler = ddpm.make_scheduler(job_cfg("pretrain_diffusion")["diffusion"])
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     masks = np.zeros((3, 8, 8), bool)

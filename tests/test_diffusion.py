@@ -16,10 +16,12 @@ import torch
 from defectbench.data.cache import split_images
 from defectbench.diffusion import ddpm, views
 from defectbench.runtime import DefectbenchError
+from job_cfg import job_cfg
 
 CPU = torch.device("cpu")
-TINY = {"epochs": 1, "batch_size": 4, "block_out_channels": [8, 16], "layers_per_block": 1, "checkpoint_every": 1,
-        "lr": 1e-3, "ema_decay": 0.999}
+SECTION = {"epochs": 1, "batch_size": 4, "block_out_channels": [8, 16], "layers_per_block": 1, "checkpoint_every": 1,
+           "lr": 1e-3, "ema_decay": 0.999, "views": {"k": 2, "ddim_steps": 5, "batch_size": 8}}
+TINY = job_cfg("pretrain_diffusion", {"diffusion": SECTION})["diffusion"]
 
 
 def smooth_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -39,7 +41,7 @@ def smooth_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return ddpm.build_unet(16, [8, 16], 1).eval(), ddpm.make_scheduler({})
+    return ddpm.build_unet(16, [8, 16], 1).eval(), ddpm.make_scheduler(TINY)
 
 
 # ----------------------------------------------------------------------------- schedule and noising
@@ -63,7 +65,7 @@ def test_noise_images_by_hand_and_against_diffusers():
     # sqrt(.64)=.8, sqrt(.36)=.6 ; second: sqrt(.36)=.6, sqrt(.64)=.8
     expected = torch.tensor([[[[0.8 + 0.3, -0.4 + 0.6]]], [[[0.12 - 0.8, 1.6]]]])
     torch.testing.assert_close(out, expected)
-    sched = ddpm.make_scheduler({})
+    sched = ddpm.make_scheduler(TINY)
     table = ddpm.scheduler_table(sched)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 3, 4, 4, generator=g)
@@ -225,8 +227,8 @@ def test_pretrain_and_views_stages(tmp_path):
     split_path = tmp_path / "split.parquet"
     split.to_parquet(split_path)
     out = tmp_path / "diffusion" / "ds" / "classification" / "seed0"
-    cfg = {"diffusion": {**TINY, "views": {"k": 2, "ddim_steps": 5, "batch_size": 8}}, "device": "cpu",
-           "protocol": "clean", "code_version": "t"}
+    cfg = job_cfg("pretrain_diffusion", {"diffusion": SECTION})
+    cfg["diffusion"].update(job_cfg("diffusion_views", {"diffusion": SECTION})["diffusion"])  # one cfg for both stages
     record = ddpm.pretrain_diffusion(cache, split_path, out / "model", out / "metrics.json", out / "history.parquet",
                                      cfg, dataset="ds", task="classification", seed=0)
     assert record["stage"] == "pretraining" and record["method"] == "ddpm" and record["task"] == "classification"

@@ -28,6 +28,7 @@ from defectbench.anomaly.patchcore import (  # noqa: E402
 )
 from defectbench.models.backbones import FeatureExtractor  # noqa: E402
 from defectbench.runtime import DefectbenchError  # noqa: E402
+from job_cfg import job_cfg  # noqa: E402
 
 
 def brute_force_kcenter(points: torch.Tensor, n: int, starts: torch.Tensor) -> list[int]:
@@ -175,12 +176,10 @@ def test_map_sample_spreads_over_both_classes():
 def test_patchcore_end_to_end_on_real_magnetic_tiles(tmp_path):
     paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
     out = tmp_path / "out"
-    cfg = {"device": "cpu", "protocol": "clean", "threshold_quantile": 0.95,
-           "patchcore": {"backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"],
-                         "pretrain_dim": 64, "target_dim": 64, "patchsize": 3, "coreset_ratio": 0.25,
-                         "projection_dim": 16, "num_neighbors": 1, "reweight": False, "smoothing_sigma": 4.0,
-                         "batch_size": 8},
-           "metrics": {"pro_mode": "standard", "pro_fpr_limit": 0.3}}
+    cfg = job_cfg("patchcore", {"patchcore": {
+        "backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"], "pretrain_dim": 64,
+        "target_dim": 64, "patchsize": 3, "coreset_ratio": 0.25, "projection_dim": 16, "num_neighbors": 1,
+        "reweight": False, "smoothing_sigma": 4.0, "batch_size": 8}})
     record = run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=paths["anomaly"],
                            metrics_path=out / "metrics.json", scores_path=out / "scores.parquet",
                            maps_path=out / "maps.npy", cfg=cfg, dataset="mt", seed=0)
@@ -206,7 +205,7 @@ def test_bad_split_is_a_one_line_error(tmp_path):
     with pytest.raises(DefectbenchError, match="no 'holdout' images"):
         run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=tmp_path / "nohold.parquet",
                       metrics_path=tmp_path / "m.json", scores_path=tmp_path / "s.parquet", maps_path=tmp_path / "x.npy",
-                      cfg={"device": "cpu", "patchcore": {"backbone": "resnet18"}}, dataset="mt", seed=0)
+                      cfg=job_cfg("patchcore", {"patchcore": {"backbone": "resnet18"}}), dataset="mt", seed=0)
     assert not (tmp_path / "m.json").exists()
 
 

@@ -65,9 +65,10 @@ def test_cosine_to_mean_and_registry():
     train = np.array([[1.0, 0.0], [0.0, 1.0]])  # mean direction 45 degrees
     test = np.array([[1.0, 1.0], [1.0, 0.0], [-1.0, 1.0]])
     assert score_cosine(train, test) == pytest.approx([0.0, 1 - np.cos(np.deg2rad(45)), 1.0])
-    assert get_scorer("knn", knn_k=1)(train, test) == pytest.approx(score_knn(train, test, k=1))
-    with pytest.raises(DefectbenchError):
-        get_scorer("isolation_forest")
+    assert get_scorer("knn", {"knn_k": 1})(train, test) == pytest.approx(score_knn(train, test, k=1))
+    assert get_scorer("mahalanobis_shrinkage", {})(train, test) == pytest.approx(score_mahalanobis(train, test, shrinkage=True))
+    with pytest.raises(DefectbenchError, match="unknown anomaly scorer 'isolation_forest'; choose from knn, "):
+        get_scorer("isolation_forest", {})
     with pytest.raises(DefectbenchError):
         score_knn(train, np.zeros((2, 3)))
 

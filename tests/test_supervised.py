@@ -12,6 +12,7 @@ import torch
 from defectbench.models.encoders import load_encoder
 from defectbench.runtime import load_torch
 from defectbench.supervised import class_weights, train_supervised
+from job_cfg import job_cfg
 from neu_fixture import neu_images, write_tiny_dataset
 
 
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_supervised_trains_on_labelled_fraction_and_evaluates_on_test(tmp_path):
     paths = write_tiny_dataset(tmp_path / "neu", per_class=6, size=32, test_per_class=2)
-    cfg = {"code_version": "test", "protocol": "clean", "device": "cpu",
-           "supervised": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "pretrained": "none",
-                          "amp": "none", "checkpoint_every": 1, "schedule": "cosine", "class_weights": "inverse_frequency",
-                          "augment": {"preset": "auto", "crop_scale": [0.5, 1.0]}}}
+    cfg = job_cfg("train_supervised", {"supervised": {
+        "epochs": 2, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "pretrained": "none", "amp": "none",
+        "checkpoint_every": 1, "schedule": "cosine", "class_weights": "inverse_frequency",
+        "augment": {"preset": "auto", "crop_scale": [0.5, 1.0]}}})
     out = tmp_path / "sup"
     record = train_supervised(cache_path=paths["cache"], split_path=paths["split"], model_path=out / "model.pt",
                               predictions_path=out / "predictions.parquet", history_path=out / "history.parquet",
@@ -59,10 +60,10 @@ def test_supervised_trains_on_labelled_fraction_and_evaluates_on_test(tmp_path):
 
 def test_supervised_steps_budget_cuts_the_last_epoch_and_uses_the_light_preset(tmp_path):
     paths = write_tiny_dataset(tmp_path / "neu", per_class=6, size=32, test_per_class=2)
-    cfg = {"code_version": "test", "protocol": "clean", "device": "cpu",
-           "supervised": {"epochs": 50, "steps": 5, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4,
-                          "pretrained": "none", "amp": "none", "checkpoint_every": 10, "schedule": "cosine",
-                          "class_weights": "none", "augment": {"preset": "light"}}}
+    cfg = job_cfg("train_supervised", {"supervised": {
+        "epochs": 50, "steps": 5, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "pretrained": "none",
+        "amp": "none", "checkpoint_every": 10, "schedule": "cosine", "class_weights": "none",
+        "augment": {"preset": "light"}}})
     out = tmp_path / "sup"
     record = train_supervised(cache_path=paths["cache"], split_path=paths["split"], model_path=out / "model.pt",
                               predictions_path=out / "predictions.parquet", history_path=out / "history.parquet",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -16,10 +17,11 @@ PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "config" / "published"
 PAPER_DATASETS = {"neu": "neu_cls", "mvtec_bottle": "mvtec_ad/bottle", "mvtec_screw": "mvtec_ad/screw"}
 
 
-def _job(root: Path, rel: str, stage: str, keys: dict, metrics: dict, protocol: str = "clean") -> Path:
+def _job(root: Path, rel: str, stage: str, keys: dict, metrics: dict, protocol: str = "clean",
+         code: str = "c0de00000000") -> Path:
     path = root / rel / "metrics.json"
     write_metrics(
-        path, stage=stage, metrics=metrics, config={"section": {"epochs": 1}, "protocol": protocol},
+        path, stage=stage, metrics=metrics, config={"section": {"epochs": 1}, "protocol": protocol, "code": code},
         keys=keys, device="cpu", wall_time_s=2.0, protocol=protocol,
     )
     return path
@@ -216,3 +218,25 @@ def test_cli_compare_tables_and_validate(jobs, tmp_path, capsys):
     bad.write_text("datasets: {x: {layout: nope}}\n")
     assert cli.main(["validate-config", str(bad)]) == 2
     assert "config key datasets.x" in capsys.readouterr().err
+
+
+def test_rows_carry_the_code_fingerprint_and_compare_says_when_it_differs(tmp_path, capsys):
+    from defectbench import cli
+
+    keys = {"dataset": "neu", "backbone": "resnet18", "labels_pct": 100}
+    paths = [_job(tmp_path, f"results/probe/{m}/neu/resnet18/seed{s}/labels100", "classification",
+                  {**keys, "method": m, "seed": s}, {"accuracy": 0.9}, code=code)
+             for m, s, code in (("simclr", 0, "aaaaaaaaaaaa"), ("simclr", 1, "aaaaaaaaaaaa"), ("dcl", 0, "bbbbbbbbbbbb"))]
+    out = tmp_path / "tables"
+    tables.write_tables(paths, out, root=tmp_path)
+    cls = pd.read_parquet(out / "classification.parquet")
+    assert sorted(cls["code_fingerprint"]) == ["aaaaaaaaaaaa", "aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+    assert cli.main(["compare", "--tables-dir", str(out), "--stage", "classification", "--metric", "accuracy",
+                     "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    rows = pd.read_csv(io.StringIO(captured.out))
+    assert dict(zip(rows["method"], rows["code"])) == {"dcl": "bbbbbbbbbbbb", "simclr": "aaaaaaaaaaaa"}
+    assert "different code (aaaaaaaaaaaa, bbbbbbbbbbbb)" in captured.err
+    # same code everywhere: no note
+    assert cli.main(["compare", "--tables-dir", str(out), "--stage", "classification", "--method", "simclr"]) == 0
+    assert "different code" not in capsys.readouterr().err

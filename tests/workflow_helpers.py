@@ -34,9 +34,10 @@ def write_config(project: Path, cfg: dict, name: str = "test.yaml") -> Path:
     return path
 
 
-def snakemake(project: Path, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    """`snakemake` of the venv in `project`, with the venv on PATH (jobs inherit it)."""
-    env = dict(os.environ)
+def snakemake(project: Path, *args: str, timeout: int = 900, check: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`snakemake` of the venv in `project`, with the venv on PATH (jobs inherit it) and `env` set."""
+    env = {**os.environ, **(env or {})}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MPLBACKEND", "Agg")
     cmd = ["timeout", "-k", "30", str(timeout), str(VENV_BIN / "snakemake"), *args]

@@ -54,7 +54,8 @@ def compare_frame(df: pd.DataFrame, stage: str, *, datasets: Sequence[str] = (),
                   metrics: Sequence[str] = (), protocol: str | None = None) -> pd.DataFrame:
     """Filter a stage table and pivot it: configurations x metrics, cells ``mean ± std (n)`` over seeds.
 
-    ``methods`` match the ``method`` or ``scorer`` column (PatchCore/DDAD are scorers).
+    ``methods`` match the ``method`` or ``scorer`` column (PatchCore/DDAD are scorers). Column
+    ``code``: the code fingerprint(s) of each row's runs (``a+b`` when its seeds ran different code).
     """
     if df.empty:
         return pd.DataFrame()
@@ -82,16 +83,30 @@ def compare_frame(df: pd.DataFrame, stage: str, *, datasets: Sequence[str] = (),
         numeric = preferred or numeric
     if df.empty:
         return pd.DataFrame()
+    fingerprints = "code_fingerprint" in df.columns
     rows = []
     for key, g in df.groupby(keys, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         row = {k: ("" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else str(v))) for k, v in zip(keys, key)}
+        if fingerprints:
+            row["code"] = "+".join(sorted(g["code_fingerprint"].dropna().astype(str).unique()))
         for m in numeric:
             vals = g[m].dropna()
             row[m] = format_stat(float(vals.mean()) if len(vals) else float("nan"),
                                  float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"), len(vals))
         rows.append(row)
-    return pd.DataFrame(rows, columns=keys + numeric)
+    return pd.DataFrame(rows, columns=keys + (["code"] if fingerprints else []) + numeric)
+
+
+def code_note(out: pd.DataFrame) -> str | None:
+    """A warning when the compared rows come from different library code, else None."""
+    if "code" not in out.columns:
+        return None
+    codes = sorted({c for cell in out["code"] for c in str(cell).split("+") if c})
+    if len(codes) < 2:
+        return None
+    return (f"note: these rows come from different code ({', '.join(codes)}): the library changed between runs; "
+            "rerun them with one version to compare like with like (README: what a change reruns)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -112,6 +127,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if out.empty:
         print(f"no {args.stage} runs match the filters", file=sys.stderr)
         return 1
+    note = code_note(out)
+    if note:
+        print(note, file=sys.stderr)
     if args.format == "csv":
         out.to_csv(sys.stdout, index=False)
     else:

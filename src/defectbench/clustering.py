@@ -33,9 +33,6 @@ from defectbench.runtime import DefectbenchError
 
 log = logging.getLogger("defectbench")
 
-WEIGHTINGS = ("unsupervised", "supervised", "average")
-
-
 def _min_distances(queries: torch.Tensor, bank: torch.Tensor, max_elements: int = 2**24) -> torch.Tensor:
     """For each row of ``queries`` (M,D), the Euclidean distance to its nearest row of ``bank`` (K,D); chunked cdist."""
     rows = max(1, max_elements // max(bank.shape[0], 1))
@@ -85,6 +82,25 @@ def image_embeddings(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.T
     return torch.bmm(weights[:, None, :].to(embeddings.dtype), embeddings)[:, 0]
 
 
+def average_weights(embeddings: torch.Tensor, **_: Any) -> torch.Tensor:
+    """Uniform patch weights 1/P (the plain average of the patch embeddings)."""
+    n, p, _ = embeddings.shape
+    return torch.full((n, p), 1.0 / p)
+
+
+def unsupervised_weights(embeddings: torch.Tensor, *, tau: float, **_: Any) -> torch.Tensor:
+    """AC unsupervised weights: softmax of each patch's distance to the other images' patches."""
+    return patch_weights(unsupervised_distances(embeddings), tau)
+
+
+def supervised_weights(embeddings: torch.Tensor, *, tau: float, references: torch.Tensor | None,
+                       train_ratio: float, **_: Any) -> torch.Tensor:
+    """AC supervised weights: softmax of each patch's distance to the nominal reference patches."""
+    if references is None or len(references) == 0:
+        raise DefectbenchError("clustering: 'supervised' weighting needs nominal reference images (anomaly split train)")
+    return patch_weights(supervised_distances(embeddings, references, train_ratio), tau)
+
+
 def weighted_embeddings(
     embeddings: torch.Tensor,
     weighting: str,
@@ -93,18 +109,12 @@ def weighted_embeddings(
     references: torch.Tensor | None = None,
     train_ratio: float = 1.0,
 ) -> torch.Tensor:
-    """Image embeddings (N,D) of patch embeddings (N,P,D) under one weighting scheme."""
-    n, p, _ = embeddings.shape
-    if weighting == "average":
-        weights = torch.full((n, p), 1.0 / p)
-    elif weighting == "unsupervised":
-        weights = patch_weights(unsupervised_distances(embeddings), tau)
-    elif weighting == "supervised":
-        if references is None or len(references) == 0:
-            raise DefectbenchError("clustering: 'supervised' weighting needs nominal reference images (anomaly split train)")
-        weights = patch_weights(supervised_distances(embeddings, references, train_ratio), tau)
-    else:
-        raise DefectbenchError(f"clustering.weightings: unknown {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+    """Image embeddings (N,D) of patch embeddings (N,P,D) under one registered weighting
+    (:data:`defectbench.registry.CLUSTERING_WEIGHTINGS`)."""
+    from defectbench import registry
+
+    weights = registry.implementation("clustering_weightings", weighting)(
+        embeddings, tau=tau, references=references, train_ratio=train_ratio)
     return image_embeddings(embeddings, weights)
 
 
@@ -151,7 +161,7 @@ def run_clustering(
     start = time.perf_counter()
     cl_cfg, pc_cfg = cfg["clustering"], cfg["patchcore"]
     seed_everything(seed)
-    device = pick_device(cfg.get("device", "auto"))
+    device = pick_device(cfg["device"])
     split, cache, _ = load_split_images(cache_path, None, split_path)
     try:
         manifest = pd.read_parquet(manifest_path, columns=["is_anomalous"])
@@ -159,17 +169,17 @@ def run_clustering(
         raise DefectbenchError(f"{manifest_path}: manifest not found; run the build_manifest rule") from None
     images = split[split["subset"] == "test"].copy()
     images["is_anomalous"] = manifest["is_anomalous"].to_numpy()[images["row"].to_numpy()]
-    if not cl_cfg.get("include_normal", True):
+    if not cl_cfg["include_normal"]:
         images = images[images["is_anomalous"]]
     if len(images) < 2:
         raise DefectbenchError(f"{split_path}: fewer than 2 images to cluster; check the dataset's clustering task")
     labels = images["label"].to_numpy().astype(int)
     k = int(np.unique(labels).size)
-    extractor = FeatureExtractor(pc_cfg["backbone"], pc_cfg.get("layers", ["layer2", "layer3"]),
-                                 pretrained=pc_cfg.get("pretrained", "none"))
+    extractor = FeatureExtractor(pc_cfg["backbone"], pc_cfg["layers"],
+                                 pretrained=pc_cfg["pretrained"])
     embed_kw = dict(pretrain_dim=cl_cfg.get("pretrain_dim"), target_dim=cl_cfg.get("target_dim"),
-                    patchsize=pc_cfg.get("patchsize", 3), layernorm=cl_cfg.get("layernorm", True),
-                    batch_size=pc_cfg.get("batch_size", 16), device=device)
+                    patchsize=pc_cfg["patchsize"], layernorm=cl_cfg["layernorm"],
+                    batch_size=pc_cfg["batch_size"], device=device)
     log.info("clustering %s: %d images, k=%d, backbone %s", dataset, len(images), k, pc_cfg["backbone"])
     emb, _ = embed_patches(extractor, cache[images["row"].to_numpy()], **embed_kw)
     references = None
@@ -185,8 +195,8 @@ def run_clustering(
     records = {}
     for weighting, metrics_path in metrics_paths.items():
         t0 = time.perf_counter()
-        x = weighted_embeddings(emb, weighting, tau=cl_cfg.get("tau", 2.0), references=references,
-                                train_ratio=cl_cfg.get("train_ratio", 1.0))
+        x = weighted_embeddings(emb, weighting, tau=cl_cfg["tau"], references=references,
+                                train_ratio=cl_cfg["train_ratio"])
         clusters = ward_clusters(x.numpy(), k)
         metrics = clustering_metrics(labels, clusters)
         mapping = hungarian_match(labels, clusters)
@@ -198,7 +208,7 @@ def run_clustering(
             metrics_path, stage="clustering", metrics=metrics, config=cfg,
             keys={"dataset": dataset, "seed": int(seed), "weighting": weighting, "features": pc_cfg["backbone"]},
             device=str(device), wall_time_s=time.perf_counter() - start,
-            extra={"amp": "none", "k": k, "include_normal": bool(cl_cfg.get("include_normal", True)),
+            extra={"amp": "none", "k": k, "include_normal": bool(cl_cfg["include_normal"]),
                    "weighting_time_s": time.perf_counter() - t0},
         )
         log.info("clustering %s/%s: NMI %.3f ARI %.3f F1 %.3f", dataset, weighting, metrics["nmi"], metrics["ari"], metrics["f1"])

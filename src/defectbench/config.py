@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from defectbench import registry
 from defectbench.runtime import DefectbenchError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +52,76 @@ def _resolve(root: dict, sub: dict) -> dict:
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+    """The config schema with the registries' names and per-name parameters filled in."""
+    return _inject_registries(read_yaml(path))
+
+
+def _inject_registries(node: Any) -> Any:
+    """Replace ``x-registry: family`` by the family's enum and ``x-registry-params: family`` by one
+    closed object per name holding its parameter fragments (defaults included)."""
+    if isinstance(node, list):
+        return [_inject_registries(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _inject_registries(value) for key, value in node.items()}
+    if "x-registry" in out:
+        out["enum"] = registry.names(out["x-registry"])
+    if "x-registry-params" in out:
+        entries = registry.family(out["x-registry-params"])
+        out.update(type="object", additionalProperties=False, default={}, properties={
+            name: {"type": "object", "additionalProperties": False, "default": {}, "properties": dict(e.params)}
+            for name, e in entries.items()
+        })
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _dataset_defaults() -> dict[str, Any]:
+    props = load_schema()["properties"]["datasets"]["additionalProperties"]["properties"]
+    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+
+
+def with_dataset_defaults(entry: dict[str, Any]) -> dict[str, Any]:
+    """A dataset entry completed with the schema's defaults (for the data stage's library functions,
+    which may be called with a partial entry outside the workflow; the schema stays the one source).
+
+    >>> with_dataset_defaults({"layout": "elpv"})["test_fraction"]
+    0.2
+    """
+    return {**copy.deepcopy(_dataset_defaults()), **entry}
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax error names the file, line and column."""
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise DefectbenchError(f"{path}: file not found") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise DefectbenchError(f"{where}: not valid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise DefectbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    """One line naming the key path and, for unknown keys or names, the valid ones."""
+    path = [str(p) for p in err.absolute_path]
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        unknown = sorted(set(err.instance) - set(allowed))
+        where = ".".join(path + unknown[:1])
+        return f"config key {where}: unknown key; valid keys here: {', '.join(allowed) or '(none)'}"
+    where = ".".join(path) or "(top level)"
+    if err.validator == "enum":
+        return f"config key {where}: unknown name {err.instance!r}; valid names: {', '.join(map(str, err.validator_value))}"
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = next(key for key in err.validator_value if key not in err.instance)
+        why = " for url and archive sources (the archive's SHA-256, checked before extraction)" if missing == "sha256" else ""
+        return f"config key {'.'.join(path + [missing])}: required{why}"
+    return f"config key {where}: {err.message}"
 
 
 def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
@@ -65,9 +135,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
         pass
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        err = errors[0]
-        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise DefectbenchError(f"config key {where}: {err.message} (see config/schema.yaml)")
+        raise DefectbenchError(f"{_message(errors[0])} (see config/schema.yaml)")
     _check_package_weights(config)
     _check_budget(config)
     return config
@@ -75,19 +143,18 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
 
 def _check_budget(config: dict) -> None:
     """budget.method / budget.dataset name a view-free contrastive method and a classification dataset."""
-    budget = config.get("budget") or {}
-    if not budget.get("method"):
+    budget = config["budget"]
+    if not budget["method"]:
         return
-    from defectbench.ssl.pretrain import CONTRASTIVE_METHODS, uses_views
-
-    method, dataset = budget["method"], budget.get("dataset")
-    if method not in CONTRASTIVE_METHODS:
-        raise DefectbenchError(f"config key budget.method: {method!r} is not a contrastive method ({', '.join(CONTRASTIVE_METHODS)})")
-    if uses_views(method, config.get("contrastive") or {}):
+    method, dataset = budget["method"], budget["dataset"]
+    methods = registry.names("contrastive_methods")
+    if method not in methods:
+        raise DefectbenchError(f"config key budget.method: {method!r} is not a contrastive method ({', '.join(methods)})")
+    if registry.reads_views(method, config["contrastive"]["method_params"][method], diffusion_enabled=True):
         raise DefectbenchError(f"config key budget.method: {method!r} reads diffusion views, made at the dataset's "
                                "image_size only; pick a method without views")
-    entry = (config.get("datasets") or {}).get(dataset)
-    if entry is None or "classification" not in entry.get("tasks", []):
+    entry = config["datasets"].get(dataset)
+    if entry is None or "classification" not in entry["tasks"]:
         raise DefectbenchError(f"config key budget.dataset: {dataset!r} is not a dataset with the classification task")
 
 
@@ -127,12 +194,6 @@ def _check_package_weights(config: dict) -> None:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
     """Read a YAML config, apply ``overrides`` (top-level keys), validate it."""
-    try:
-        with open(path) as fh:
-            cfg = yaml.safe_load(fh) or {}
-    except FileNotFoundError:
-        raise DefectbenchError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise DefectbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    cfg = read_yaml(path) or {}
     cfg.update(overrides or {})
     return validate_config(cfg)

@@ -310,12 +310,12 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
     if len(out_dirs) != len(fractions) or not fractions:
         raise DefectbenchError(f"linear_probe: {len(fractions)} label fractions but {len(out_dirs)} output directories")
     pcfg = cfg["probe"]
-    kind = pcfg.get("kind", "logistic")
+    kind = pcfg["kind"]
     if kind not in ("linear", "logistic"):
         raise DefectbenchError(f"probe.kind: unknown {kind!r}; use logistic or linear")
     with Timer() as setup:
-        device = pick_device(cfg.get("device", "auto"))
-        amp = effective_amp(device, pcfg.get("amp", "none"))
+        device = pick_device(cfg["device"])
+        amp = effective_amp(device, pcfg["amp"])
         seed_everything(seed)  # also draws the random-init control's weights
         images = load_cache(cache_path)
         manifest = read_manifest(manifest_path)
@@ -328,18 +328,18 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
             raise DefectbenchError(f"{split_path}: empty labelled subset or test subset; check the split and label_fractions")
         label, pretrain_steps = _pretraining(method, pretrain_metrics_path)
         encoder, dim = load_feature_source(method, encoder_path=encoder_path, backbone=backbone,
-                                           pretrained=pcfg.get("pretrained", "none"), device=device)
-        fbs = int(pcfg.get("feature_batch_size", 256))
+                                           pretrained=pcfg.get("pretrained"), device=device)
+        fbs = int(pcfg["feature_batch_size"])
         pool_images = images[pool["row"].to_numpy()]
         test_feats = extract_features(encoder, images[test["row"].to_numpy()], device, fbs, amp)
-        if pcfg.get("augment", True):
+        if pcfg["augment"]:
             gen = torch.Generator(device=device)
             gen.manual_seed(seed)
-            crop_scale = (float(pcfg.get("crop_scale_min", 0.2)), 1.0)
+            crop_scale = (float(pcfg["crop_scale_min"]), 1.0)
             pool_views = np.stack([
                 extract_features(encoder, pool_images, device, fbs, amp,
                                  transform=lambda x: random_resized_crop_flip(x, gen, crop_scale))
-                for _ in range(int(pcfg.get("augment_views", 8)))
+                for _ in range(int(pcfg["augment_views"]))
             ])
         else:
             pool_views = extract_features(encoder, pool_images, device, fbs, amp)[None]
@@ -365,10 +365,10 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
                                "train_loss": float(history["loss"].iloc[-1])}
             else:
                 fit, history = fit_logistic_probe(
-                    views, y_train, n_classes, l2_grid=pcfg.get("l2_grid", [1e-4, 1e-3, 1e-2, 1e-1, 1.0]),
-                    val_fraction=float(pcfg.get("val_fraction", 0.2)), seed=seed,
-                    max_steps=int(pcfg.get("max_steps", 1000)), tolerance=float(pcfg.get("tolerance", 1e-6)),
-                    class_weight=pcfg.get("class_weight"))
+                    views, y_train, n_classes, l2_grid=pcfg["l2_grid"],
+                    val_fraction=float(pcfg["val_fraction"]), seed=seed,
+                    max_steps=int(pcfg["max_steps"]), tolerance=float(pcfg["tolerance"]),
+                    class_weight=pcfg["class_weight"])
                 head = {"weight": torch.from_numpy(fit.weight).float(), "bias": torch.from_numpy(fit.bias).float()}
                 proba = fit.predict_proba(test_feats)
                 fit_metrics = {"train_steps": fit.steps, "train_loss": fit.train_loss, "l2": fit.l2,

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from defectbench import registry
 from defectbench.claims import claims_table_markdown
 from defectbench.runtime import DefectbenchError, atomic_path
 
-CONTRASTIVE_ORDER = ["simclr", "supcon", "dcl", "hcl", "adnce", "decoupled", "fairkl", "gca", "diffcl"]
+CONTRASTIVE_ORDER = registry.names("contrastive_methods")
 ANOMALY_DATASETS = ["magnetic_tile", "elpv"]
 SCORER_NAMES = {"knn": "kNN", "mahalanobis": "Mahalanobis (pinv)", "mahalanobis_shrinkage": "Mahalanobis (Ledoit-Wolf)",
                 "cosine": "cosine to mean", "patchcore": "PatchCore", "ddad": "DDAD"}
@@ -42,7 +43,7 @@ ANOMALY_PAPERS = [
      {"scorer": "cosine", "features": "simclr"}),
 ]
 CLUSTERING_PAPER = ("anomaly_clustering", r"MVTec AD texture categories", "Anomaly Clustering WideResNet50, {} weights")
-WEIGHTINGS = ["unsupervised", "supervised", "average"]
+WEIGHTINGS = registry.names("clustering_weightings")
 
 
 def _stat(values: pd.Series) -> tuple[float, float, int]:

@@ -31,10 +31,10 @@ from defectbench.metrics.classification import classification_metrics
 from defectbench.models.backbones import build_backbone, imagenet_normalize
 from defectbench.models.encoders import save_encoder
 from defectbench.runtime import (
-    DefectbenchError, config_hash, effective_amp, pick_device, seed_everything, write_metrics, write_parquet,
+    DefectbenchError, effective_amp, pick_device, seed_everything, write_metrics, write_parquet,
 )
 from defectbench.ssl.augment import augment_batch, resolve_params
-from defectbench.train import train_loop
+from defectbench.train import job_checkpoint, train_loop
 
 log = logging.getLogger("defectbench")
 
@@ -56,12 +56,14 @@ def step_budget(scfg: dict[str, Any], n_train: int) -> int:
     split (``n_train`` images, full batches) when ``steps`` is null. Independent of the label
     fraction, so a 10% run is not trained 10x shorter than the 100% one.
 
-    >>> step_budget({"steps": None, "epochs": 15, "batch_size": 64}, 384), step_budget({"steps": 40}, 384)
-    (90, 40)
+    >>> step_budget({"steps": None, "epochs": 15, "batch_size": 64}, 384)
+    90
+    >>> step_budget({"steps": 40, "epochs": 15, "batch_size": 64}, 384)
+    40
     """
-    if scfg.get("steps"):
+    if scfg["steps"]:
         return int(scfg["steps"])
-    return int(scfg.get("epochs", 50)) * max(1, n_train // int(scfg.get("batch_size", 64)))
+    return int(scfg["epochs"]) * max(1, n_train // int(scfg["batch_size"]))
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -105,8 +107,8 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
     if threads:
         torch.set_num_threads(int(threads))
     t_start = time.perf_counter()
-    device = pick_device(cfg.get("device", "auto"))
-    amp = effective_amp(device, scfg.get("amp", "none"))
+    device = pick_device(cfg["device"])
+    amp = effective_amp(device, scfg["amp"])
     seed_everything(seed)
 
     split = read_split(split_path, required=("row", "subset", "label", "label_priority"))
@@ -123,19 +125,19 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
     labels_np = train["label"].to_numpy(dtype=np.int64)
     labels = torch.as_tensor(labels_np.copy(), device=device)
     n = len(train)
-    batch_size = min(int(scfg.get("batch_size", 64)), n)
-    preset, aug = resolve_params(scfg.get("augment"), images)
-    weights = class_weights(labels_np, n_classes).to(device) if scfg.get("class_weights", "none") == "inverse_frequency" else None
+    batch_size = min(int(scfg["batch_size"]), n)
+    preset, aug = resolve_params(scfg["augment"], images)
+    weights = class_weights(labels_np, n_classes).to(device) if scfg["class_weights"] == "inverse_frequency" else None
 
-    net, dim = build_backbone(backbone, scfg.get("pretrained", "none"))
+    net, dim = build_backbone(backbone, scfg["pretrained"])
     model = Classifier(net, dim, n_classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(scfg.get("lr", 1e-3)),
-                                  weight_decay=float(scfg.get("weight_decay", 1e-4)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(scfg["lr"]),
+                                  weight_decay=float(scfg["weight_decay"]))
     steps_per_epoch = max(1, n // batch_size)
     total_steps = step_budget(scfg, int((split["subset"] == "train").sum()))
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-                 if scfg.get("schedule", "cosine") == "cosine" else None)
+                 if scfg["schedule"] == "cosine" else None)
 
     def batches(epoch: int, gen: torch.Generator):
         perm = torch.randperm(n, generator=gen, device=device)
@@ -147,16 +149,12 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
         loss = F.cross_entropy(logits.float(), labels[idx], weight=weights)
         return loss, {"train_accuracy": float((logits.argmax(1) == labels[idx]).float().mean())}
 
-    out_dir = Path(model_path).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / f"checkpoint-{config_hash(cfg)}.pt"
-    for stale in out_dir.glob("checkpoint-*.pt"):
-        if stale != ckpt:
-            stale.unlink()
+    ckpt = job_checkpoint(Path(model_path).parent, {"cfg": cfg, "fraction": fraction},
+                          {"cache": cache_path, "split": split_path})
     log.info("supervised %s on %s: %d labelled images (%.3g of train), %d classes, %d steps (%d epochs), device %s, amp %s",
              backbone, dataset, n, fraction, n_classes, total_steps, epochs, device, amp)
     history = train_loop(model, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp=amp,
-                         checkpoint_path=ckpt, checkpoint_every=int(scfg.get("checkpoint_every", 10)),
+                         checkpoint_path=ckpt, checkpoint_every=int(scfg["checkpoint_every"]),
                          scheduler=scheduler, log_prefix=f"[supervised/{dataset}] ")
 
     proba = predict_proba(model, cache[test["row"].to_numpy()], device, amp)

@@ -17,7 +17,9 @@ job, i.e. per ``metrics.json``; column order as listed):
 * one float column per metric: the expected ones of the stage (``EXPECTED_METRICS``, always
   present, NaN when not computed) followed by every other metric name found, sorted. A metric
   whose name collides with a key or provenance column is stored as ``metric_<name>``.
-* provenance: ``config_hash``, ``code_version`` (defectbench version), ``versions`` (JSON string
+* provenance: ``config_hash``, ``code_fingerprint`` (hash of the library files the job imported:
+  :mod:`defectbench.fingerprint`; two rows with different values come from different code),
+  ``code_version`` (defectbench package version), ``versions`` (JSON string
   of the versions dict), ``device``, ``amp`` (effective mixed precision, when recorded),
   ``wall_time_s``, ``host``, ``finished_at``, ``path`` (the metrics.json, relative to the project
   root when under it).
@@ -77,7 +79,7 @@ EXPECTED_METRICS: dict[str, list[str]] = {
 }
 
 PROVENANCE_COLUMNS: list[str] = [
-    "config_hash", "code_version", "versions", "device", "amp", "wall_time_s", "host", "finished_at", "path",
+    "config_hash", "code_fingerprint", "code_version", "versions", "device", "amp", "wall_time_s", "host", "finished_at", "path",
 ]
 
 # Fields of a metrics.json record that are not job keys.
@@ -152,6 +154,7 @@ def record_to_row(record: Mapping[str, Any], path: str, keys: Sequence[str] | No
     extra = record.get("extra") or {}
     row.update(
         config_hash=record.get("config_hash"),
+        code_fingerprint=(record.get("config") or {}).get("code"),
         code_version=versions.get("defectbench"),
         versions=json.dumps(versions, sort_keys=True),
         device=record.get("device"),

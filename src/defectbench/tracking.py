@@ -21,8 +21,8 @@ carries params (the job keys and its flattened config slice), metrics (the final
 (``metrics.json``, ``history.parquet`` and the PNGs in the job directory), and tags
 ``defectbench.job_key`` (the job directory below ``results/``), ``defectbench.key.<name>`` for
 every job key (dataset, method, backbone, seed, ...), ``defectbench.config_hash``,
-``defectbench.code_version`` (+ ``defectbench.code_fingerprint`` when the job's params carry
-one), ``defectbench.sync_key`` (= job key @ config hash) and ``defectbench.record_sha``.
+``defectbench.code_version`` (the package version that ran it), ``defectbench.code_fingerprint``
+(the ``code`` entry of the job's params: :mod:`defectbench.params`), ``defectbench.sync_key`` (= job key @ config hash) and ``defectbench.record_sha``.
 
 Reruns never leave an unmarked duplicate: a new run of a job tags every earlier run of that job
 ``defectbench.current = false`` + ``defectbench.superseded_by = <new run id>`` (an earlier run
@@ -60,8 +60,8 @@ log = logging.getLogger("defectbench")
 TAG = "defectbench"
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 SERVER_SCHEMES = ("http", "https")
-# Provenance entries of a job's params that become run tags (the fingerprint when the params carry one).
-CODE_TAGS = ("code_version", "code_fingerprint")
+# Run tag <- the entry of a job's params it comes from (defectbench.params: the code fingerprint).
+CODE_TAGS = {"code_fingerprint": "code"}
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 _BATCH_PARAMS = 100
 _BATCH_METRICS = 1000
@@ -224,7 +224,7 @@ def _child_payload(record: Mapping[str, Any], key: str) -> tuple[dict[str, str],
     ]
     metrics.append(Metric("wall_time_s", float(record.get("wall_time_s") or 0.0), timestamp, 0))
     tags = {
-        **job_tags(keys, record.get("config") or {}),
+        **job_tags(keys, record.get("config") or {}, (record.get("versions") or {}).get("defectbench")),
         f"{TAG}.role": "child",
         f"{TAG}.stage": stage,
         f"{TAG}.job_key": key,
@@ -237,11 +237,15 @@ def _child_payload(record: Mapping[str, Any], key: str) -> tuple[dict[str, str],
     return params, metrics, tags
 
 
-def job_tags(keys: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Tags naming a job before it has results: its keys (wildcards), config hash and code version."""
+def job_tags(keys: Mapping[str, Any], cfg: Mapping[str, Any], code_version: str | None = None) -> dict[str, str]:
+    """Tags naming a job before it has results: its keys (wildcards), config hash, the package
+    version that ran it (default: this one) and the code fingerprint of its params."""
+    from defectbench import __version__
+
     tags = {f"{TAG}.key.{k}": str(v) for k, v in keys.items()}
     tags[f"{TAG}.config_hash"] = config_hash(cfg)
-    tags.update({f"{TAG}.{name}": str(cfg[name]) for name in CODE_TAGS if cfg.get(name) is not None})
+    tags[f"{TAG}.code_version"] = str(code_version or __version__)
+    tags.update({f"{TAG}.{tag}": str(cfg[key]) for tag, key in CODE_TAGS.items() if cfg.get(key) is not None})
     return tags
 
 

@@ -44,7 +44,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from defectbench.runtime import DefectbenchError, autocast_context, effective_amp, load_torch, save_torch
+from defectbench.runtime import (
+    DefectbenchError, autocast_context, config_hash, effective_amp, load_torch, save_torch,
+)
 
 log = logging.getLogger("defectbench")
 
@@ -52,6 +54,40 @@ HISTORY_COLUMNS = ("epoch", "loss", "lr", "images_per_s", "seconds", "amp")
 # Called with each finished epoch's history row. A job's live MLflow run registers here
 # (defectbench.tracking.tracked_job), so no stage has to pass a logger through.
 EPOCH_END_CALLBACKS: list[Callable[[dict[str, Any]], None]] = []
+
+
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, or of a directory's files (relative names and bytes, sorted)."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" if path.is_dir() else b"")
+        with open(file, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
+def job_checkpoint(out_dir: str | Path, params: Any, inputs: dict[str, str | Path | None],
+                   prefix: str = "checkpoint") -> Path:
+    """The checkpoint path of exactly this job, in ``out_dir``.
+
+    Keyed by the job's params *and* the content of its inputs (split, cache, views, model), so a
+    job rerun after a config or data edit starts from scratch instead of resuming a run trained
+    on other images. Checkpoints under any other key, and the partial temp files of a save that
+    was interrupted (``.{prefix}-*.pt.*``, see :func:`defectbench.runtime.atomic_path`), are removed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {name: content_hash(path) for name, path in sorted(inputs.items()) if path is not None}
+    ckpt = out_dir / f"{prefix}-{config_hash({'params': params, 'inputs': identity})}.pt"
+    stale = [p for p in out_dir.glob(f"{prefix}-*.pt") if p != ckpt] + list(out_dir.glob(f".{prefix}-*.pt.*"))
+    for path in stale:
+        log.info("removing %s (another job's checkpoint or an interrupted save)", path)
+        path.unlink(missing_ok=True)
+    return ckpt
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:

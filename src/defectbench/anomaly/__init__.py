@@ -1,6 +1,7 @@
 """Anomaly detection: image-level scorers on frozen features (:mod:`.scorers`), the
-score_anomaly stage (:mod:`.image_level`); PatchCore lives beside them."""
+score_anomaly stage (:mod:`.image_level`); PatchCore lives beside them.
 
-from defectbench.anomaly.scorers import get_scorer, score_cosine, score_knn, score_mahalanobis
-
-__all__ = ["get_scorer", "score_cosine", "score_knn", "score_mahalanobis"]
+Package ``__init__`` files import nothing: every job's code fingerprint
+(:mod:`defectbench.fingerprint`) covers the package ``__init__`` and what it imports, so a
+re-export here would make every anomaly job depend on every anomaly module.
+"""

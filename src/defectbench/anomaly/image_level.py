@@ -57,15 +57,15 @@ def extract_anomaly_features(*, cache_path: str, split_path: str, encoder_path: 
 
     acfg = cfg["anomaly"]
     with Timer() as timer:
-        device = pick_device(cfg.get("device", "auto"))
-        amp = effective_amp(device, acfg.get("amp", "none"))
+        device = pick_device(cfg["device"])
+        amp = effective_amp(device, acfg["amp"])
         seed_everything(seed)
         split = read_split(split_path)
         rows = np.sort(split["row"].to_numpy())
         encoder, dim = load_feature_source(features, encoder_path=encoder_path, backbone=backbone,
-                                           pretrained=acfg.get("pretrained", "none"), device=device)
+                                           pretrained=acfg.get("pretrained"), device=device)
         images = load_cache(cache_path)
-        feats = extract_features(encoder, images[rows], device, int(acfg.get("feature_batch_size", 256)), amp)
+        feats = extract_features(encoder, images[rows], device, int(acfg["feature_batch_size"]), amp)
     with atomic_path(features_path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, rows=rows.astype(np.int64), features=feats)
@@ -91,7 +91,7 @@ def score_anomaly(*, features_path: str, split_path: str, outputs: dict[str, tup
     (``metrics.json``, ``scores.parquet``) paths. ``cfg`` holds the ``anomaly`` section and
     ``protocol``. Returns the metrics record of each scorer."""
     acfg = cfg["anomaly"]
-    protocol = cfg.get("protocol", "clean")
+    protocol = cfg["protocol"]
     with Timer() as load_timer:
         split = read_split(split_path)
         rows, feats = _load_features(features_path)
@@ -110,19 +110,18 @@ def score_anomaly(*, features_path: str, split_path: str, outputs: dict[str, tup
     except (OSError, ValueError):
         provenance = {}
     test_labels = parts["test"]["label"].to_numpy().astype(int)
-    memory = np.concatenate([x["train"], x["holdout"]]) if acfg.get("refit_on_holdout", False) else x["train"]
+    memory = np.concatenate([x["train"], x["holdout"]]) if acfg["refit_on_holdout"] else x["train"]
     records = {}
     for scorer, (metrics_path, scores_path) in outputs.items():
         with Timer() as timer:
-            score = get_scorer(scorer, knn_k=int(acfg.get("knn_k", 5)))
+            score = get_scorer(scorer, acfg)
             holdout_scores = score(x["train"], x["holdout"])
             test_scores = score(memory, x["test"])
             metrics = evaluate_anomaly(test_scores, test_labels, holdout_scores,
-                                       quantile=float(acfg.get("threshold_quantile", 0.95)),
+                                       quantile=float(acfg["threshold_quantile"]),
                                        test_types=parts["test"]["label_name"].to_numpy())
             if protocol == "faithful":
-                metrics.update(leaky_percentile_metrics(test_scores, test_labels,
-                                                        float(acfg.get("leaky_percentile", 70.0))))
+                metrics.update(leaky_percentile_metrics(test_scores, test_labels, float(acfg["leaky_percentile"])))
             scores = pd.concat([
                 pd.DataFrame({"row": parts["holdout"]["row"].to_numpy(), "subset": "holdout",
                               "label": parts["holdout"]["label"].to_numpy().astype(int), "score": holdout_scores}),

@@ -429,20 +429,20 @@ class PatchCore:
 # ----------------------------------------------------------------------------- stage
 def build_patchcore(cfg: dict[str, Any], device: torch.device, seed: int) -> PatchCore:
     """A PatchCore from the ``patchcore`` config section."""
-    extractor = FeatureExtractor(cfg["backbone"], cfg.get("layers", ["layer2", "layer3"]),
-                                 pretrained=cfg.get("pretrained", "none"))
+    extractor = FeatureExtractor(cfg["backbone"], cfg["layers"],
+                                 pretrained=cfg["pretrained"])
     return PatchCore(
         extractor,
-        pretrain_dim=cfg.get("pretrain_dim", 1024),
-        target_dim=cfg.get("target_dim", 1024),
-        patchsize=cfg.get("patchsize", 3),
-        coreset_ratio=cfg.get("coreset_ratio", 0.1),
-        projection_dim=cfg.get("projection_dim", 128),
-        num_neighbors=cfg.get("num_neighbors", 1),
-        reweight=cfg.get("reweight", False),
-        reweight_neighbors=cfg.get("reweight_neighbors", 3),
-        smoothing_sigma=cfg.get("smoothing_sigma", 4.0),
-        batch_size=cfg.get("batch_size", 16),
+        pretrain_dim=cfg["pretrain_dim"],
+        target_dim=cfg["target_dim"],
+        patchsize=cfg["patchsize"],
+        coreset_ratio=cfg["coreset_ratio"],
+        projection_dim=cfg["projection_dim"],
+        num_neighbors=cfg["num_neighbors"],
+        reweight=cfg["reweight"],
+        reweight_neighbors=cfg["reweight_neighbors"],
+        smoothing_sigma=cfg["smoothing_sigma"],
+        batch_size=cfg["batch_size"],
         seed=seed,
         device=device,
     )
@@ -498,10 +498,10 @@ def run_patchcore(
     from defectbench.runtime import write_metrics, write_parquet, atomic_path
 
     pc_cfg = cfg["patchcore"]
-    metrics_cfg = cfg.get("metrics", {})
+    metrics_cfg = cfg["metrics"]
     start = time.perf_counter()
     seed_everything(seed)
-    device = pick_device(cfg.get("device", "auto"))
+    device = pick_device(cfg["device"])
     split, cache, masks = load_split_images(cache_path, masks_path, split_path)
     subsets = {name: split[split["subset"] == name] for name in ("train", "holdout", "test")}
     for name, part in subsets.items():
@@ -520,9 +520,9 @@ def run_patchcore(
     test_masks = np.asarray(masks[test_rows]) > 0 if masks is not None else None
     metrics = evaluate_anomaly(
         test_scores, test_labels, holdout_scores,
-        quantile=cfg.get("threshold_quantile", 0.95),
+        quantile=cfg["threshold_quantile"],
         maps=test_maps if test_masks is not None else None, masks=test_masks,
-        pro_mode=metrics_cfg.get("pro_mode", "standard"), fpr_limit=metrics_cfg.get("pro_fpr_limit", 0.3),
+        pro_mode=metrics_cfg["pro_mode"], fpr_limit=metrics_cfg["pro_fpr_limit"],
         test_types=subsets["test"]["label_name"].to_numpy(),
     )
     metrics.update({f"time_{k}": v for k, v in model.timings.items()})

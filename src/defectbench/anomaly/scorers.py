@@ -17,7 +17,8 @@ Each scorer is a pure function ``score_*(train_feats, test_feats) -> (N_test,) f
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -86,14 +87,15 @@ def score_cosine(train_feats: np.ndarray, test_feats: np.ndarray) -> np.ndarray:
     return 1.0 - (_l2_normalise(test) @ mean.T).ravel()
 
 
-def get_scorer(name: str, knn_k: int = 5) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The scorer named in ``anomaly.scorers``: knn | mahalanobis | mahalanobis_shrinkage | cosine."""
-    scorers: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-        "knn": lambda tr, te: score_knn(tr, te, k=knn_k),
-        "mahalanobis": lambda tr, te: score_mahalanobis(tr, te, shrinkage=False),
-        "mahalanobis_shrinkage": lambda tr, te: score_mahalanobis(tr, te, shrinkage=True),
-        "cosine": score_cosine,
-    }
-    if name not in scorers:
-        raise DefectbenchError(f"anomaly.scorers: unknown scorer {name!r}; use one of {', '.join(scorers)}")
-    return scorers[name]
+def get_scorer(name: str, anomaly_cfg: Mapping[str, Any]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The scorer registered as ``name`` (:data:`defectbench.registry.ANOMALY_SCORERS`), with the
+    ``anomaly`` section keys it reads bound to its keyword arguments.
+
+    >>> get_scorer("knn", {"knn_k": 1}).keywords
+    {'k': 1}
+    """
+    from defectbench import registry
+
+    entry = registry.entry("anomaly_scorers", name)
+    kwargs = {**entry.fixed, **{registry.SCORER_ARGUMENTS[key]: anomaly_cfg[key] for key in entry.reads}}
+    return functools.partial(registry.implementation("anomaly_scorers", name), **kwargs)

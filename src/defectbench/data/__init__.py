@@ -9,4 +9,8 @@ Public entry points (one per pipeline rule, plus readers used by every later sta
 
 Pixel rules (bit depth, transparency, resize policy) live in :mod:`defectbench.data.pixels`;
 :mod:`defectbench.data.inspect` recognises a user's folder for ``defectbench new-dataset``.
+
+Import them from their modules: this ``__init__`` re-exports nothing, because a job's code
+fingerprint (:mod:`defectbench.fingerprint`) follows what ``__init__`` imports, and a re-export
+would make every job that reads a split depend on the layout scanners too.
 """

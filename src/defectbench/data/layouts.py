@@ -34,8 +34,9 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from defectbench import registry
 from defectbench.runtime import DefectbenchError, new_temp_dir
 
 log = logging.getLogger("defectbench")
@@ -90,7 +91,7 @@ def _require_file(path: Path, what: str) -> Path:
 def scan_imagefolder(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) -> Scan:
     """``root/<class>/**/<image>``. With ``classes`` configured, any other folder is an error."""
     folders = _visible_dirs(root)
-    expected = cfg.get("classes")
+    expected = cfg["classes"]
     names = [f.name for f in folders]
     if expected:
         unknown = [n for n in names if n not in expected]
@@ -107,7 +108,7 @@ def scan_imagefolder(root: Path, cfg: dict[str, Any], dataset_dir: Path | None =
         classes = names
     if not classes:
         raise DefectbenchError(f"{root}: no class folders found; is source.root right for layout imagefolder?")
-    nominal = set(cfg.get("nominal_classes") or [])
+    nominal = set(cfg["nominal_classes"])
     bad = nominal - set(classes)
     if bad:
         raise DefectbenchError(f"config key nominal_classes: {sorted(bad)} are not class folders of {root}")
@@ -305,8 +306,8 @@ def scan_deeppcb(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = Non
     pcb = root / "PCBData" if (root / "PCBData").is_dir() else root
     if dataset_dir is None:
         raise DefectbenchError("layout deeppcb needs the dataset directory to write its crops")
-    pad = int(cfg.get("crop_padding", 8))
-    templates = bool(cfg.get("templates", False))
+    pad = int(cfg["crop_padding"])
+    templates = bool(cfg["templates"])
     pairs = _deeppcb_pairs(pcb)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     tmp = new_temp_dir(dataset_dir, ".crops.partial-")
@@ -368,7 +369,7 @@ def scan_csv(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) -
     Classes named in ``nominal_classes`` are defect-free; images the CSV does not list are an
     error (a forgotten label would silently shrink the data).
     """
-    labels = _require_file(root / cfg.get("labels_file", "labels.csv"), "labels CSV (config key labels_file)")
+    labels = _require_file(root / cfg["labels_file"], "labels CSV (config key labels_file)")
     with open(labels, newline="") as fh:
         reader = csv.DictReader(fh)
         missing = {"image", "label"} - set(reader.fieldnames or [])
@@ -504,24 +505,14 @@ def scan_yolo(root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None) 
     return items, ["good"] * ("good" in found) + [n for n in names if n in found]
 
 
-LAYOUTS: dict[str, Callable[..., Scan]] = {
-    "imagefolder": scan_imagefolder,
-    "magnetic_tile": scan_magnetic_tile,
-    "deeppcb": scan_deeppcb,
-    "elpv": scan_elpv,
-    "mvtec": scan_mvtec,
-    "visa": scan_visa,
-    "csv": scan_csv,
-    "yolo": scan_yolo,
-}
-
-
 def scan_layout(layout: str, root: Path, cfg: dict[str, Any], dataset_dir: Path | None = None, workers: int = 2) -> Scan:
-    """Dispatch to the layout's scanner."""
-    if layout not in LAYOUTS:
-        raise DefectbenchError(f"config key layout: unknown layout {layout!r}; use one of {sorted(LAYOUTS)}")
+    """Dispatch to the layout's scanner (registered in :data:`defectbench.registry.LAYOUTS`)."""
+    from defectbench.config import with_dataset_defaults
+
+    scanner = registry.implementation("layouts", layout)
+    cfg = with_dataset_defaults(cfg)
     if not root.is_dir():
         raise DefectbenchError(f"{root}: dataset directory not found; rerun the fetch_dataset rule")
     if layout == "deeppcb":
         return scan_deeppcb(root, cfg, dataset_dir, workers=workers)
-    return LAYOUTS[layout](root, cfg, dataset_dir)
+    return scanner(root, cfg, dataset_dir)

@@ -194,6 +194,9 @@ def build_manifest(
     project_root: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Scan the fetched dataset with its layout, subsample, verify, and write the manifest Parquet."""
+    from defectbench.config import with_dataset_defaults
+
+    dataset_cfg = with_dataset_defaults(dataset_cfg)
     project_root = Path(project_root or Path.cwd())
     record = read_marker(marker)
     root = resolve_path(record["root"], project_root)
@@ -202,10 +205,10 @@ def build_manifest(
     layout = dataset_cfg["layout"]
     items, classes = scan_layout(layout, root, dataset_cfg, Path(marker).parent, workers=workers)
     log.info("%s: layout %s found %d images in %d classes", record.get("dataset", "?"), layout, len(items), len(classes))
-    items = subsample_per_class(sorted(items, key=lambda it: it.path.as_posix()), dataset_cfg.get("max_per_class"),
-                                max_nominal=dataset_cfg.get("max_nominal"), max_defective=dataset_cfg.get("max_defective"))
+    items = subsample_per_class(sorted(items, key=lambda it: it.path.as_posix()), dataset_cfg["max_per_class"],
+                                max_nominal=dataset_cfg["max_nominal"], max_defective=dataset_cfg["max_defective"])
     df = manifest_frame(items, classes, workers=workers, project_root=project_root,
-                        bit_depth=dataset_cfg.get("bit_depth", "auto"), background=dataset_cfg.get("alpha_background"))
+                        bit_depth=dataset_cfg["bit_depth"], background=dataset_cfg["alpha_background"])
     counts = df.groupby("class_name", sort=False).size().to_dict()
     log.info("manifest: %d rows; per class %s", len(df), counts)
     write_parquet(out_path, df)

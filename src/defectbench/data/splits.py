@@ -223,12 +223,15 @@ def clustering_split(manifest: pd.DataFrame, seed: int, **anomaly_kwargs: Any) -
 
 def make_split(manifest: pd.DataFrame, task: str, seed: int, dataset_cfg: dict[str, Any]) -> pd.DataFrame:
     """The split of ``task`` for one seed, with fractions from the dataset's config entry."""
-    test_fraction = float(dataset_cfg.get("test_fraction", 0.2))
-    official = bool(dataset_cfg.get("official_split", True))
+    from defectbench.config import with_dataset_defaults
+
+    dataset_cfg = with_dataset_defaults(dataset_cfg)
+    test_fraction = float(dataset_cfg["test_fraction"])
+    official = bool(dataset_cfg["official_split"])
     if task == "classification":
         return classification_split(manifest, seed, test_fraction, official)
-    kwargs = dict(test_fraction=test_fraction, holdout_fraction=float(dataset_cfg.get("holdout_fraction", 0.2)),
-                  official_split=official, max_train_nominal=dataset_cfg.get("max_train_nominal"))
+    kwargs = dict(test_fraction=test_fraction, holdout_fraction=float(dataset_cfg["holdout_fraction"]),
+                  official_split=official, max_train_nominal=dataset_cfg["max_train_nominal"])
     if task == "anomaly":
         return anomaly_split(manifest, seed, **kwargs)
     if task == "clustering":

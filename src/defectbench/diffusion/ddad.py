@@ -63,7 +63,6 @@ from defectbench.runtime import (
     Timer,
     atomic_path,
     autocast_context,
-    config_hash,
     effective_amp,
     pick_device,
     seed_everything,
@@ -170,21 +169,20 @@ def adapt_feature_extractor(unet: nn.Module, table: torch.Tensor, images: np.nda
     """
     from defectbench.train import train_loop
 
-    fe, fe0 = build_feature_extractors(cfg.get("feature_backbone", "wide_resnet50_2"), cfg.get("pretrained", "none"),
-                                       cfg.get("da_bn", "eval"))
+    fe, fe0 = build_feature_extractors(cfg["feature_backbone"], cfg["pretrained"], cfg["da_bn"])
     fe, fe0 = fe.to(device), fe0.to(device)
-    epochs = int(cfg.get("da_epochs", 0))
+    epochs = int(cfg["da_epochs"])
     if epochs == 0:
         return fe.eval(), pd.DataFrame()
     n = len(images)
     if n < 2:
         raise DefectbenchError("ddad.da_epochs: domain adaptation needs at least 2 nominal train images; set it to 0")
-    batch_size = max(2, min(int(cfg.get("batch_size", 16)), n))
+    batch_size = max(2, min(int(cfg["batch_size"]), n))
     data = torch.from_numpy(np.ascontiguousarray(images))
     eps_model = eps_fn(unet)
-    lam = float(cfg.get("da_lambda", 0.1))
-    rec_kw = dict(table=table, steps=int(cfg.get("steps", 250)), skip=int(cfg.get("skip", 25)),
-                  w=float(cfg.get("w_da", 3.0)), eta=float(cfg.get("eta", 1.0)))
+    lam = float(cfg["da_lambda"])
+    rec_kw = dict(table=table, steps=int(cfg["steps"]), skip=int(cfg["skip"]),
+                  w=float(cfg["w_da"]), eta=float(cfg["eta"]))
 
     def batches(epoch: int, gen: torch.Generator):
         order = torch.randperm(n, generator=gen, device=gen.device).cpu()
@@ -203,7 +201,7 @@ def adapt_feature_extractor(unet: nn.Module, table: torch.Tensor, images: np.nda
                                       [target_f0[k] for k in DA_LAYERS], [rec_f0[k] for k in DA_LAYERS], lam)
         return loss, {"rec_l1": float((x_rec.float() - target.float()).abs().mean())}
 
-    optimizer = torch.optim.AdamW([p for p in fe.parameters() if p.requires_grad], lr=float(cfg.get("da_lr", 1e-4)))
+    optimizer = torch.optim.AdamW([p for p in fe.parameters() if p.requires_grad], lr=float(cfg["da_lr"]))
     history = train_loop(fe, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp=amp,
                          checkpoint_path=Path(checkpoint_path), checkpoint_every=1,
                          log_prefix="ddad domain adaptation: ")
@@ -289,19 +287,19 @@ def anomaly_maps(unet: nn.Module, table: torch.Tensor, fe: nn.Module, images: np
     ``cfg['batch_size']`` in the given order (which matters for ``max_norm: batch``)."""
     fe.eval()
     eps_model = eps_fn(unet)
-    batch_size = int(cfg.get("batch_size", 16))
+    batch_size = int(cfg["batch_size"])
     size = int(images.shape[1]) if len(images) else 0
     out = np.empty((len(images), size, size), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         x = to_model_range(images[start:start + batch_size]).to(device)
         with autocast_context(device, amp):
-            x_rec = conditioned_reconstruction(eps_model, x, x, table=table, steps=int(cfg.get("steps", 250)),
-                                               skip=int(cfg.get("skip", 25)), w=float(cfg.get("w", 4.0)),
-                                               eta=float(cfg.get("eta", 1.0)), generator=generator).float()
+            x_rec = conditioned_reconstruction(eps_model, x, x, table=table, steps=int(cfg["steps"]),
+                                               skip=int(cfg["skip"]), w=float(cfg["w"]),
+                                               eta=float(cfg["eta"]), generator=generator).float()
             d_f = feature_distance(fe, x_rec, x, size)
         d_p = pixel_distance(x_rec, x)
-        a = combine_distances(d_f.float(), d_p, float(cfg.get("v", 1.0)), cfg.get("max_norm", "batch"))
-        out[start:start + len(x)] = gaussian_blur(a, float(cfg.get("sigma", 4.0)))[:, 0].cpu().numpy()
+        a = combine_distances(d_f.float(), d_p, float(cfg["v"]), cfg["max_norm"])
+        out[start:start + len(x)] = gaussian_blur(a, float(cfg["sigma"]))[:, 0].cpu().numpy()
         log.info("ddad: scored %d/%d images", min(start + batch_size, len(images)), len(images))
     return out
 
@@ -352,9 +350,9 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
 
     dcfg = cfg["ddad"]
     diffusion_converged, diffusion_metrics = diffusion_report(diffusion_metrics_path)
-    mcfg = cfg.get("metrics", {})
-    device = pick_device(cfg.get("device", "auto"))
-    amp = dcfg.get("amp", "none")
+    mcfg = cfg["metrics"]
+    device = pick_device(cfg["device"])
+    amp = dcfg["amp"]
     seed_everything(seed)
     with Timer() as timer:
         unet, scheduler = load_diffusion(model_dir, device)
@@ -373,7 +371,10 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
             raise DefectbenchError(f"{masks_path}: masks {masks_all.shape} do not match the {test.shape[1]} px cache; "
                                    "rerun build_cache")
         masks = np.asarray(masks_all[test_rows["row"].to_numpy()]) > 0
-        ckpt = Path(metrics_path).parent / f"da-checkpoint-{config_hash(cfg)}.pt"
+        from defectbench.train import job_checkpoint
+
+        ckpt = job_checkpoint(Path(metrics_path).parent, cfg,
+                              {"model": model_dir, "cache": cache_path, "split": anomaly_split_path}, prefix="da-checkpoint")
         fe, history = adapt_feature_extractor(unet, table, train, dcfg, seed=seed, device=device, amp=amp,
                                               checkpoint_path=ckpt)
         gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -382,10 +383,10 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
         holdout_scores, test_scores = image_scores(holdout_maps), image_scores(test_maps)
         labels = test_rows["label"].to_numpy().astype(int)
         metrics = evaluate_anomaly(test_scores, labels, holdout_scores,
-                                   quantile=float(cfg.get("threshold_quantile", 0.95)),
+                                   quantile=float(cfg["threshold_quantile"]),
                                    maps=maybe_crop(test_maps), masks=maybe_crop(masks),
-                                   pro_mode=mcfg.get("pro_mode", "standard"),
-                                   fpr_limit=float(mcfg.get("pro_fpr_limit", 0.3)),
+                                   pro_mode=mcfg["pro_mode"],
+                                   fpr_limit=float(mcfg["pro_fpr_limit"]),
                                    test_types=test_rows["label_name"].to_numpy())
     keep = _map_sample(labels)
     map_index = np.full(len(test_rows), -1)
@@ -400,16 +401,15 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
     write_parquet(history_path, history)
     with atomic_path(maps_path) as tmp:
         np.save(tmp, test_maps[keep].astype(np.float32))
-    backbone = dcfg.get("feature_backbone", "wide_resnet50_2")
+    backbone = dcfg["feature_backbone"]
     record = write_metrics(
         metrics_path, stage="anomaly", metrics={**metrics, **diffusion_metrics}, config=cfg,
         keys={"dataset": dataset, "seed": seed, "scorer": "ddad", "features": backbone,
               "diffusion_converged": diffusion_converged},
         device=str(device), wall_time_s=timer.seconds,
-        extra={"amp": effective_amp(device, amp), "max_norm": dcfg.get("max_norm", "batch"),
-               "da_bn": dcfg.get("da_bn", "eval"),
+        extra={"amp": effective_amp(device, amp), "max_norm": dcfg["max_norm"], "da_bn": dcfg["da_bn"],
                "center_crop": bool(test.shape[1] >= CROP_FROM), "image_size": int(test.shape[1]),
-               "pro_mode": mcfg.get("pro_mode", "standard")},
+               "pro_mode": mcfg["pro_mode"]},
     )
     ckpt.unlink(missing_ok=True)
     log.info("ddad: %s seed %d image AUROC %s pixel AUROC %s in %.1fs", dataset, seed,

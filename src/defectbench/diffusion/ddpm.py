@@ -47,7 +47,6 @@ from defectbench.runtime import (
     Timer,
     atomic_dir,
     autocast_context,
-    config_hash,
     effective_amp,
     pick_device,
     seed_everything,
@@ -113,9 +112,9 @@ def make_scheduler(cfg: dict[str, Any]):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
-        num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
-        beta_start=float(cfg.get("beta_start", 1e-4)),
-        beta_end=float(cfg.get("beta_end", 0.02)),
+        num_train_timesteps=int(cfg["num_train_timesteps"]),
+        beta_start=float(cfg["beta_start"]),
+        beta_end=float(cfg["beta_end"]),
         beta_schedule="linear",
         prediction_type="epsilon",
         clip_sample=False,
@@ -272,17 +271,17 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
         raise DefectbenchError("diffusion: no training images in the split's train subset")
     seed_everything(seed)
     size = int(images.shape[1])
-    unet = build_unet(size, cfg.get("block_out_channels", [64, 128, 256]), cfg.get("layers_per_block", 2),
-                      cfg.get("attention_levels", 1), cfg.get("resnet_updown", False)).to(device)
+    unet = build_unet(size, cfg["block_out_channels"], cfg["layers_per_block"],
+                      cfg["attention_levels"], cfg["resnet_updown"]).to(device)
     scheduler = make_scheduler(cfg)
     table = scheduler_table(scheduler).to(device)
     n_steps = int(scheduler.config.num_train_timesteps)
-    ema = EMA(unet, cfg.get("ema_decay", 0.999))
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=float(cfg.get("lr", 1e-4)),
-                                  weight_decay=float(cfg.get("weight_decay", 0.0)))
+    ema = EMA(unet, cfg["ema_decay"])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=float(cfg["lr"]),
+                                  weight_decay=float(cfg["weight_decay"]))
     data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 (N,3,S,S) on CPU
     n = len(data)
-    batch_size = min(int(cfg.get("batch_size", 64)), n)
+    batch_size = min(int(cfg["batch_size"]), n)
 
     def batches(epoch: int, gen: torch.Generator):
         order = torch.randperm(n, generator=gen, device=gen.device).cpu()
@@ -295,9 +294,9 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
         x_t = noise_images(x0, eps, alpha_bar(table, t).float())
         return epsilon_loss(unet(x_t, t).sample, eps), {"ema_decay": ema.current_decay()}
 
-    history = train_loop(unet, optimizer, step, batches, epochs=int(cfg.get("epochs", 1)), seed=seed, device=device,
-                         amp=cfg.get("amp", "none"), checkpoint_path=Path(checkpoint_path),
-                         checkpoint_every=int(cfg.get("checkpoint_every", 5)), extra_state={"ema": ema},
+    history = train_loop(unet, optimizer, step, batches, epochs=int(cfg["epochs"]), seed=seed, device=device,
+                         amp=cfg["amp"], checkpoint_path=Path(checkpoint_path),
+                         checkpoint_every=int(cfg["checkpoint_every"]), extra_state={"ema": ema},
                          log_prefix="diffusion: ")
     ema_unet = copy.deepcopy(unet)
     ema.copy_to(ema_unet)
@@ -378,24 +377,26 @@ def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathL
     images that have a defect mask. The check only reports: it selects nothing.
     """
     dcfg = cfg["diffusion"]
-    device = pick_device(cfg.get("device", "auto"))
-    amp = dcfg.get("amp", "none")
+    device = pick_device(cfg["device"])
+    amp = dcfg["amp"]
     images, rows = split_images(cache_path, split_path, ["train"])
     log.info("diffusion: %s/%s seed %d: %d train images of %d px on %s", dataset, task, seed, len(images),
              images.shape[1] if len(images) else 0, device)
     masked = _masked_test_images(cache_path, split_path, masks_path) if masks_path is not None else None
-    checkpoint = Path(model_dir).parent / f"checkpoint-{config_hash(cfg)}.pt"
+    from defectbench.train import job_checkpoint
+
+    checkpoint = job_checkpoint(Path(model_dir).parent, cfg, {"cache": cache_path, "split": split_path})
     with Timer() as timer:
         unet, scheduler, history = train_ddpm(images, dcfg, seed=seed, device=device, checkpoint_path=checkpoint)
         errors = None
         if masked is not None and len(masked[0]):
             errors = mask_reconstruction_errors(unet, scheduler, *masked, seed=seed, device=device,
-                                                batch_size=int(dcfg.get("batch_size", 64)), amp=amp)
+                                                batch_size=int(dcfg["batch_size"]), amp=amp)
     save_diffusion(model_dir, unet, scheduler)
     write_parquet(history_path, history)
     n_params = sum(p.numel() for p in unet.parameters())
     final_loss = float(history["loss"].iloc[-1])
-    max_loss, min_ratio = float(dcfg.get("converged_loss", 0.1)), float(dcfg.get("converged_mask_ratio", 1.5))
+    max_loss, min_ratio = float(dcfg["converged_loss"]), float(dcfg["converged_mask_ratio"])
     converged = convergence(final_loss, errors, max_loss, min_ratio)
     if not converged:
         log.warning("diffusion: %s/%s seed %d did not converge: final loss %.4f (converged_loss %g), in/out-of-mask "

@@ -148,22 +148,22 @@ def diffusion_views(model_dir: str | os.PathLike, cache_path: str | os.PathLike,
     ``cfg`` is the rule's config slice with the ``diffusion`` section (its ``views`` block).
     Returns the array (memory-mapped from the final file).
     """
-    vcfg = cfg["diffusion"].get("views", {})
-    device = pick_device(cfg.get("device", "auto"))
+    vcfg = cfg["diffusion"]["views"]
+    device = pick_device(cfg["device"])
     amp = cfg["diffusion"].get("amp", "none")
     unet, scheduler = load_diffusion(model_dir, device)
     images, split_rows = split_images(cache_path, split_path, ["train"])
     if len(images) and images.shape[1] != unet.config.sample_size:
         raise DefectbenchError(f"{model_dir}: model trained at {unet.config.sample_size} px but {cache_path} is "
                                f"{images.shape[1]} px; rerun pretrain_diffusion")
-    k = int(vcfg.get("k", 4))
+    k = int(vcfg["k"])
     size = int(images.shape[1]) if len(images) else int(unet.config.sample_size)
     log.info("diffusion views: %d images x %d views on %s (amp %s)", len(images), k, device, effective_amp(device, amp))
     with Timer() as timer, atomic_path(views_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), k, size, size, 3))
         make_views(unet, scheduler, images, split_rows["row"].to_numpy(), k=k,
-                   strength_min=float(vcfg.get("strength_min", 0.2)), strength_max=float(vcfg.get("strength_max", 0.5)),
-                   ddim_steps=int(vcfg.get("ddim_steps", 50)), batch_size=int(vcfg.get("batch_size", 64)), seed=seed,
+                   strength_min=float(vcfg["strength_min"]), strength_max=float(vcfg["strength_max"]),
+                   ddim_steps=int(vcfg["ddim_steps"]), batch_size=int(vcfg["batch_size"]), seed=seed,
                    device=device, amp=amp, out=out)
         out.flush()
         m = min(len(images), 256)  # a sample is enough for the log line

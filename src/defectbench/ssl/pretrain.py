@@ -21,47 +21,27 @@ the views; without them its FairKL weight is effectively 0 (ε-SupInfoNCE only; 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from defectbench import registry
 from defectbench.data.cache import load_cache
 from defectbench.data.splits import read_split
 from defectbench.models.backbones import build_backbone
 from defectbench.models.encoders import save_encoder
 from defectbench.models.projector import ContrastiveModel
 from defectbench.runtime import (
-    DefectbenchError, config_hash, effective_amp, pick_device, seed_everything, write_metrics, write_parquet,
+    DefectbenchError, effective_amp, pick_device, seed_everything, write_metrics, write_parquet,
 )
-from defectbench.ssl import losses
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params, weaker
-from defectbench.train import epoch_generator, train_loop
+from defectbench.train import epoch_generator, job_checkpoint, train_loop
 
 log = logging.getLogger("defectbench")
-
-CONTRASTIVE_METHODS = ("simclr", "supcon", "dcl", "hcl", "adnce", "decoupled", "fairkl", "gca", "diffcl")
-LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "simclr": losses.nt_xent, "diffcl": losses.nt_xent, "supcon": losses.supcon, "dcl": losses.dcl,
-    "hcl": losses.hcl, "adnce": losses.adnce, "decoupled": losses.decoupled, "fairkl": losses.fairkl,
-    "gca": losses.gca,
-}
-# Per-method defaults (specs A.3); a config's method_params entry overrides them key by key, so
-# configuring one method never silently resets another's temperature.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dcl": {"tau_plus": 0.1}, "hcl": {"tau_plus": 0.1, "beta": 1.0},
-    "adnce": {"temperature": 0.3, "mu": 0.5, "sigma": 1.0}, "decoupled": {"temperature": 0.1},
-    "supcon": {"temperature": 0.1}, "fairkl": {"temperature": 0.1, "epsilon": 0.1, "weight": 1.0, "kld": 1.0},
-    "gca": {"epsilon": 0.2, "iterations": 10, "lam": 0.01, "q": 0.6, "r1": 1.0, "r2": 0.2},
-    "diffcl": {"real_prob": 0.5, "variant": "views"},
-}
-# method_params keys that configure the data side rather than the loss
-VIEW_KEYS = {"real_prob", "variant", "use_views"}
-DIFFCL_VARIANTS = ("views", "adainf")
 
 
 def method_label(method: str, with_views: bool, loss_params: dict[str, Any]) -> str:
@@ -71,37 +51,24 @@ def method_label(method: str, with_views: bool, loss_params: dict[str, Any]) -> 
     >>> method_label("fairkl", False, {"weight": 1.0}), method_label("fairkl", True, {"weight": 1.0})
     ('eps_supinfonce', 'fairkl')
     """
-    if method == "fairkl" and (not with_views or float(loss_params.get("weight", 1.0)) == 0.0):
+    if method == "fairkl" and (not with_views or float(loss_params["weight"]) == 0.0):
         return "eps_supinfonce"
     return method
 
 
-def uses_views(method: str, ccfg: dict[str, Any]) -> bool:
-    """Whether ``method`` reads the diffusion views file (diffcl always; fairkl when use_views)."""
-    return method == "diffcl" or (method == "fairkl" and bool(method_params(method, ccfg).get("use_views", False)))
-
-
 def method_params(method: str, ccfg: dict[str, Any]) -> dict[str, Any]:
-    """The method's parameters: :data:`METHOD_DEFAULTS` overridden by ``method_params[method]``."""
-    return {**METHOD_DEFAULTS.get(method, {}), **((ccfg.get("method_params") or {}).get(method) or {})}
+    """The method's parameters (defaults already merged in: see :func:`defectbench.params.method_params`)."""
+    if method not in registry.CONTRASTIVE_METHODS:
+        raise DefectbenchError(f"method: unknown {method!r}; choose from {', '.join(registry.CONTRASTIVE_METHODS)}")
+    return ccfg["method_params"][method]
 
 
 def loss_kwargs(method: str, ccfg: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of the method's loss: ``method_params[method]`` plus the shared temperature."""
-    if method not in LOSS_FUNCTIONS:
-        raise DefectbenchError(f"contrastive.methods: unknown {method!r}; choose from {', '.join(CONTRASTIVE_METHODS)}")
-    fn = LOSS_FUNCTIONS[method]
-    accepted = set(inspect.signature(fn).parameters) - {"z1", "z2", "labels", "bias_labels"}
-    params = method_params(method, ccfg)
-    unknown = sorted(set(params) - accepted - VIEW_KEYS)
-    if unknown:
-        raise DefectbenchError(
-            f"contrastive.method_params.{method}.{unknown[0]}: unknown parameter; {method} accepts "
-            f"{', '.join(sorted(accepted | (VIEW_KEYS if method in ('diffcl', 'fairkl') else set())))}"
-        )
-    kwargs = {k: v for k, v in params.items() if k in accepted}
-    if "temperature" in accepted and "temperature" not in kwargs:
-        kwargs["temperature"] = float(ccfg.get("temperature", 0.5))
+    """Keyword arguments of the method's loss: its parameters minus the data-side (view) keys, plus
+    the shared ``temperature`` when the method reads it (registry ``reads``)."""
+    kwargs = {k: v for k, v in method_params(method, ccfg).items() if k not in registry.VIEW_PARAM_KEYS}
+    if "temperature" in registry.entry("contrastive_methods", method).reads:
+        kwargs["temperature"] = float(ccfg["temperature"])
     return kwargs
 
 
@@ -156,33 +123,26 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
     if threads:
         torch.set_num_threads(int(threads))
     ccfg = cfg["contrastive"]
-    if method not in CONTRASTIVE_METHODS:
-        raise DefectbenchError(f"method: unknown {method!r}; choose from {', '.join(CONTRASTIVE_METHODS)}")
     mparams = method_params(method, ccfg)
     kwargs = loss_kwargs(method, ccfg)
-    loss_fn = LOSS_FUNCTIONS[method]
-    needs_views = uses_views(method, ccfg)
-    if needs_views and views_path is None:
-        if method == "diffcl":
-            raise DefectbenchError("diffcl needs the diffusion views file (results/pretrain/diffusion/.../views.npy); enable diffusion")
-        needs_views = False  # fairkl without generated data: FairKL weight 0, documented
-    variant = mparams.get("variant", "views") if method == "diffcl" else "views"
-    if variant not in DIFFCL_VARIANTS:
-        raise DefectbenchError(f"contrastive.method_params.diffcl.variant: unknown {variant!r}; use views or adainf")
-    real_prob = float(mparams.get("real_prob", 0.5))
-    if not 0 <= real_prob <= 1:
-        raise DefectbenchError(f"contrastive.method_params.{method}.real_prob: must be in [0, 1], got {real_prob}")
+    loss_fn = registry.implementation("contrastive_methods", method)
+    # fairkl without views trains with FairKL weight 0 (documented); diffcl cannot.
+    needs_views = views_path is not None and registry.reads_views(method, mparams, diffusion_enabled=True)
+    if method == "diffcl" and not needs_views:
+        raise DefectbenchError("diffcl needs the diffusion views file (results/pretrain/diffusion/.../views.npy); enable diffusion")
+    variant = mparams["variant"] if method == "diffcl" else "views"
+    real_prob = float(mparams["real_prob"]) if needs_views else 1.0
 
     t_start = time.perf_counter()
-    device = pick_device(cfg.get("device", "auto"))
-    amp = effective_amp(device, ccfg.get("amp", "none"))
+    device = pick_device(cfg["device"])
+    amp = effective_amp(device, ccfg["amp"])
     seed_everything(seed)
     rows, labels_np, images_np = _read_train(split_path, cache_path)
     images = torch.from_numpy(images_np).to(device)
     labels = torch.as_tensor(labels_np.copy(), device=device)
     views = torch.from_numpy(_read_views(views_path, len(rows), images_np.shape[1:])).to(device) if needs_views else None
     n = len(rows)
-    batch_size = int(ccfg.get("batch_size", 256))
+    batch_size = int(ccfg["batch_size"])
     if n < 2:
         raise DefectbenchError(f"{split_path}: {n} train image(s); contrastive pretraining needs at least 2")
     pool = 2 * n if variant == "adainf" else n
@@ -190,20 +150,19 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
         log.warning("batch_size %d > %d training images: using %d", batch_size, pool, pool)
         batch_size = pool
     image_size = int(images_np.shape[1])
-    preset, aug = resolve_params(ccfg.get("augment"), images)
+    preset, aug = resolve_params(ccfg["augment"], images)
     weak = weaker(aug)
-    channels_last = bool(ccfg.get("channels_last", False))
+    channels_last = bool(ccfg["channels_last"])
 
-    net, dim = build_backbone(backbone, ccfg.get("pretrained", "none"))
-    model = ContrastiveModel(net, dim, list(ccfg.get("projector", [512, 128]))).to(device)
+    net, dim = build_backbone(backbone, ccfg["pretrained"])
+    model = ContrastiveModel(net, dim, list(ccfg["projector"])).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(ccfg.get("lr", 1e-3)),
-                                 weight_decay=float(ccfg.get("weight_decay", 1e-6)))
-    epochs = int(ccfg.get("epochs", 100))
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(ccfg["lr"]), weight_decay=float(ccfg["weight_decay"]))
+    epochs = int(ccfg["epochs"])
     steps_per_epoch = pool // batch_size
     scheduler = None
-    if ccfg.get("schedule", "constant") == "cosine":
+    if ccfg["schedule"] == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
 
     # DiffCL's view-source draws use their own per-epoch stream, so that the augmentation draws
@@ -248,7 +207,7 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
         _, z = model(x)
         z1, z2 = z.float().chunk(2)
         extra: dict[str, Any] = {}
-        if method in ("supcon", "fairkl"):
+        if "labels" in registry.entry("contrastive_methods", method).reads:
             extra["labels"] = batch_labels
         if method == "fairkl":
             # bias label per view: view 1 is always real, view 2 generated where drawn from the variants
@@ -259,16 +218,12 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
             diagnostics["generated_frac"] = float(generated.float().mean())
         return loss, diagnostics
 
-    out_dir = Path(encoder_path).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / f"checkpoint-{config_hash(cfg)}.pt"
-    for stale in out_dir.glob("checkpoint-*.pt"):
-        if stale != ckpt:
-            stale.unlink()  # written under another config: never resume from it
+    ckpt = job_checkpoint(Path(encoder_path).parent, cfg, {
+        "cache": cache_path, "split": split_path, "views": views_path if needs_views else None})
     log.info("pretrain %s on %s/%s (%d images, %s, batch %d, %d epochs, device %s, amp %s, augment %s)",
              method, dataset, task, n, backbone, batch_size, epochs, device, amp, preset)
     history = train_loop(model, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp=amp,
-                         checkpoint_path=ckpt, checkpoint_every=int(ccfg.get("checkpoint_every", 10)),
+                         checkpoint_path=ckpt, checkpoint_every=int(ccfg["checkpoint_every"]),
                          scheduler=scheduler, batch_size_of=len, log_prefix=f"[{method}/{dataset}] ")
     save_encoder(encoder_path, model.backbone, backbone, dim, image_size)
     write_parquet(history_path, history)
