@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from defectbench.config import with_dataset_defaults
 from defectbench.data.extract import safe_extract
 from defectbench.data.layouts import scan_deeppcb
 from defectbench.runtime import (
@@ -74,7 +75,7 @@ def test_outputs_honour_the_umask(tmp_path, umask, deeppcb_root):
         tar.add(deeppcb_root, arcname="deeppcb")
     target = safe_extract(archive, tmp_path / "extracted")
     assert _mode(target) == dir_mode
-    scan_deeppcb(target / "deeppcb", {"crop_padding": 0}, tmp_path / "pcb")
+    scan_deeppcb(target / "deeppcb", with_dataset_defaults({"layout": "deeppcb", "crop_padding": 0}), tmp_path / "pcb")
     crops = tmp_path / "pcb" / "crops"
     assert _mode(crops) == dir_mode and {_mode(p) for p in crops.iterdir()} == {file_mode}
 
