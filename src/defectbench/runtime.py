@@ -1,6 +1,7 @@
 """Shared job plumbing: device choice, seeding, atomic writes, metrics.json, job logging.
 
-Every pipeline stage writes its results through these helpers, so that
+Every pipeline stage runs inside :func:`stage_job` (threads, device, amp, seed, timing, log lines,
+metrics.json) and writes its results through these helpers, so that
 
 * a killed job never leaves a file that looks finished (``atomic_path``),
 * every job records the same provenance (``write_metrics``: config slice, config hash,
@@ -318,7 +319,7 @@ def job_logging(log_path: str | os.PathLike | None = None, level: int = logging.
 
 
 class Timer:
-    """``with Timer() as t: ...; t.seconds``"""
+    """``with Timer() as t: ...; t.seconds`` (the one timing idiom; ``t.elapsed()`` while running)."""
 
     def __enter__(self) -> "Timer":
         self.start = time.perf_counter()
@@ -326,4 +327,75 @@ class Timer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = self.elapsed()
+
+    def elapsed(self) -> float:
+        """Seconds since the block was entered."""
+        return time.perf_counter() - self.start
+
+
+# ----------------------------------------------------------------------------- stage jobs
+class StageJob:
+    """What :func:`stage_job` sets up for one pipeline job: its device, effective amp, seed and
+    clock, and the job's identity (stage, config slice, keys) that its metrics.json records.
+
+    Attributes: ``stage``, ``cfg`` (the rule's config slice), ``keys`` (the job's table keys),
+    ``seed`` (None: nothing was seeded), ``device`` (torch.device), ``amp`` (none | bf16 | fp16:
+    what really runs on ``device``).
+    """
+
+    def __init__(self, stage: str, cfg: dict[str, Any], keys: dict[str, Any], seed: int | None,
+                 device: "torch.device", amp: str, timer: Timer):  # noqa: F821
+        self.stage, self.cfg, self.keys, self.seed = stage, cfg, dict(keys), seed
+        self.device, self.amp = device, amp
+        self._timer = timer
+
+    def elapsed(self) -> float:
+        """Wall seconds since the job started (device choice, seeding and reading included)."""
+        return self._timer.elapsed()
+
+    def write_metrics(self, path: str | os.PathLike, *, metrics: dict[str, Any], extra: dict[str, Any] | None = None,
+                      keys: dict[str, Any] | None = None, wall_time_s: float | None = None,
+                      protocol: str | None = None) -> dict[str, Any]:
+        """This job's ``metrics.json`` through :func:`write_metrics`: the job's config slice,
+        keys (``keys`` are added to / override them, e.g. a probe's ``labels_pct``) and device;
+        wall time = :meth:`elapsed` unless ``wall_time_s`` gives a share the stage measured
+        (a job writing several records splits its one-off work between them)."""
+        return write_metrics(path, stage=self.stage, metrics=metrics, config=self.cfg, keys={**self.keys, **(keys or {})},
+                             device=str(self.device), wall_time_s=self.elapsed() if wall_time_s is None else wall_time_s,
+                             protocol=protocol, extra=extra)
+
+
+@contextlib.contextmanager
+def stage_job(*, stage: str, cfg: dict[str, Any], keys: dict[str, Any], seed: int | None,
+              threads: int | None = None, amp: str | bool | None = None) -> Iterator[StageJob]:
+    """Set up one pipeline job and time it: every stage entry runs its work inside this block.
+
+    In order, all inside the job's wall time: cap torch's CPU threads at ``threads`` (the rule's
+    ``threads``; None leaves torch's default), pick the device of ``cfg["device"]``
+    (:func:`pick_device`), resolve the configured ``amp`` to what runs there
+    (:func:`effective_amp`), seed python/numpy/torch with ``seed`` (:func:`seed_everything`; None
+    seeds nothing). One log line when the job starts and one when it finishes (with its wall
+    time). ``keys`` identify the job in its table (dataset, method, seed, ...);
+    :meth:`StageJob.write_metrics` records them. The other two things a stage uses: the split/cache
+    reader :func:`defectbench.data.cache.read_split_images` and, for a trainer, the checkpoint
+    policy :func:`defectbench.train.checkpointed`.
+
+    >>> with stage_job(stage="pretraining", cfg={"device": "cpu"}, keys={"dataset": "d"}, seed=0) as job:
+    ...     str(job.device), job.amp
+    ('cpu', 'none')
+    """
+    label = " ".join(f"{k}={v}" for k, v in keys.items())
+    with Timer() as timer:
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        device = pick_device(cfg["device"])
+        mode = effective_amp(device, amp)
+        if seed is not None:
+            seed_everything(seed)
+        log.info("%s job %s: device %s, amp %s, seed %s, threads %s", stage, label, device, mode, seed,
+                 threads or "default")
+        yield StageJob(stage, cfg, keys, seed, device, mode, timer)
+    log.info("%s job %s: done in %.1fs", stage, label, timer.seconds)

@@ -33,11 +33,12 @@ resumed reaches bit-identical weights on CPU to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -88,6 +89,21 @@ def job_checkpoint(out_dir: str | Path, params: Any, inputs: dict[str, str | Pat
         log.info("removing %s (another job's checkpoint or an interrupted save)", path)
         path.unlink(missing_ok=True)
     return ckpt
+
+
+@contextlib.contextmanager
+def checkpointed(out_dir: str | Path, params: Any, inputs: dict[str, str | Path | None],
+                 prefix: str = "checkpoint") -> Iterator[Path]:
+    """The checkpoint policy of every trainer: ``with checkpointed(...) as ckpt:`` train with
+    ``train_loop(checkpoint_path=ckpt)`` and write the outputs inside the block.
+
+    The path is :func:`job_checkpoint`'s (named from the job's identity, stale and partial
+    checkpoints swept); it is removed when the block ends without an error (the outputs are
+    written, nothing is left to resume) and kept when it raises, so a rerun resumes.
+    """
+    ckpt = job_checkpoint(out_dir, params, inputs, prefix)
+    yield ckpt
+    ckpt.unlink(missing_ok=True)
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -142,7 +158,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
                step: Callable[[Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
                batches: Callable[[int, torch.Generator], Iterable[Any]], *,
-               epochs: int, seed: int, device: torch.device, amp: str, checkpoint_path: Path,
+               epochs: int, seed: int, device: torch.device, amp: str, checkpoint_path: Path | None,
                checkpoint_every: int, scheduler: Any = None, extra_state: dict[str, Any] | None = None,
                batch_size_of: Callable[[Any], int] = len, log_prefix: str = "") -> pd.DataFrame:
     """Train ``model`` for ``epochs`` epochs (resuming from ``checkpoint_path`` if it exists).
@@ -157,7 +173,8 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
         seed: seeds the per-epoch generator ``epoch_generator(seed, epoch, device)``.
         device: the training device; the generator lives there.
         amp: ``none`` | ``bf16`` | ``fp16`` (see :func:`defectbench.runtime.effective_amp`).
-        checkpoint_path: where checkpoints go (atomically); resumed from when present.
+        checkpoint_path: where checkpoints go (atomically; :func:`checkpointed` names it); resumed
+            from when present. None: no checkpoint (a fit of seconds, e.g. a linear probe).
         checkpoint_every: checkpoint after every this many epochs (and always after the last).
         scheduler: an LR scheduler stepped after every optimizer step, or None.
         extra_state: name -> object with ``state_dict``/``load_state_dict`` saved in checkpoints;
@@ -173,14 +190,14 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
         raise DefectbenchError(f"epochs: must be >= 1, got {epochs}")
     if checkpoint_every < 1:
         raise DefectbenchError(f"checkpoint_every: must be >= 1, got {checkpoint_every}")
-    checkpoint_path = Path(checkpoint_path)
+    checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
     extra_state = dict(extra_state or {})
     mode = effective_amp(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=(mode == "fp16" and device.type == "cuda"))
     history: list[dict[str, Any]] = []
     start = 0
 
-    if checkpoint_path.exists():
+    if checkpoint_path is not None and checkpoint_path.exists():
         ckpt = load_torch(checkpoint_path, map_location=device)
         try:
             model.load_state_dict(ckpt["model"])
@@ -262,7 +279,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
         history.append(row)
         log.info("%sepoch %d/%d loss %.4f lr %.3g %.1f img/s %.1fs", log_prefix, epoch + 1, epochs,
                  row["loss"], row["lr"], row["images_per_s"], seconds)
-        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
+        if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
             save(epoch + 1)
         for callback in EPOCH_END_CALLBACKS:  # after this epoch's checkpoint, so a failing callback loses none
             callback(row)

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -151,19 +152,97 @@ def load_cache(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class SplitImages:
+    """Rows of a split with their cached images: ``rows`` (split rows sorted by ``row``, index
+    0..n-1), ``images`` (n,S,S,3) uint8 in that order (an in-memory contiguous copy) and ``masks``
+    (n,S,S) bool (defect pixels) when the reader was given the mask cache, else None."""
+
+    rows: pd.DataFrame
+    images: np.ndarray
+    masks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def row_ids(self) -> np.ndarray:
+        """(n,) int64 manifest/cache rows."""
+        return self.rows["row"].to_numpy(dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(n,) int64 split labels."""
+        return self.rows["label"].to_numpy(dtype=np.int64)
+
+
+class SplitCache:
+    """A split file and the decode-once cache it indexes, opened together: the one reader of
+    "the images of these split rows" (:func:`read_split_images`).
+
+    Opening reads the split (sorted by ``row``, :func:`defectbench.data.splits.read_split`),
+    memory-maps the image cache (and the mask cache) and checks once that every split row is an
+    image of the cache and that the masks have the images' geometry; every error is one line
+    naming the file. ``split`` is the whole split; :meth:`subset` and :meth:`take` read the
+    images of some of its rows.
+    """
+
+    def __init__(self, split_path: str | os.PathLike, cache_path: str | os.PathLike, *,
+                 masks_path: str | os.PathLike | None = None,
+                 required: tuple[str, ...] = ("row", "subset", "label")):
+        from defectbench.data.splits import read_split
+
+        self.split_path, self.cache_path, self.masks_path = split_path, cache_path, masks_path
+        self.split = read_split(split_path, required)
+        self.cache = load_cache(cache_path)
+        if self.cache.ndim != 4 or self.cache.shape[-1] != 3:
+            raise DefectbenchError(f"{cache_path}: expected (N,S,S,3) images, got {self.cache.shape}; rerun build_cache")
+        self.masks = None
+        if masks_path is not None:
+            self.masks = load_cache(masks_path)
+            if self.masks.shape != self.cache.shape[:3]:
+                raise DefectbenchError(f"{masks_path}: masks {self.masks.shape} do not match the images "
+                                       f"{self.cache.shape[:3]} of {cache_path}; rerun build_cache")
+        rows = self.split["row"]
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.cache)):
+            raise DefectbenchError(f"{split_path}: rows {rows.min()}..{rows.max()} out of range of {cache_path} "
+                                   f"({len(self.cache)} images); rebuild the cache or the split")
+
+    def subset(self, *names: str, min_rows: int = 0) -> SplitImages:
+        """The images of the split's rows in the subsets ``names`` (e.g. ``"train"``, or
+        ``"holdout"`` and ``"test"`` of an anomaly split); fewer than ``min_rows`` is an error."""
+        part = self.take(self.split[self.split["subset"].isin(names)])
+        if len(part) < min_rows:
+            raise DefectbenchError(f"{self.split_path}: {len(part)} {'/'.join(names)} row(s), at least {min_rows} "
+                                   "needed; check the dataset and its split")
+        return part
+
+    def take(self, rows: pd.DataFrame) -> SplitImages:
+        """The images of ``rows``, some of this split's rows (e.g. a labelled subset), sorted by row."""
+        rows = rows.sort_values("row", kind="stable").reset_index(drop=True)
+        ids = rows["row"].to_numpy(dtype=np.int64)
+        masks = np.asarray(self.masks[ids]) > 0 if self.masks is not None else None
+        return SplitImages(rows, np.ascontiguousarray(self.cache[ids]), masks)
+
+
+def read_split_images(split_path: str | os.PathLike, cache_path: str | os.PathLike, *subsets: str,
+               masks_path: str | os.PathLike | None = None, min_rows: int = 0) -> SplitImages:
+    """The images (and masks) of one or more subsets of a split: ``SplitCache(...).subset(...)``.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> np.save(d / "cache.npy", np.arange(4, dtype=np.uint8).repeat(12).reshape(4, 2, 2, 3))
+    >>> pd.DataFrame({"row": [3, 0, 1], "subset": ["train", "train", "test"], "label": [1, 0, 0]}).to_parquet(d / "s.parquet")
+    >>> part = read_split_images(d / "s.parquet", d / "cache.npy", "train")
+    >>> part.row_ids.tolist(), part.labels.tolist(), part.images[:, 0, 0, 0].tolist()
+    ([0, 3], [0, 1], [0, 3])
+    """
+    return SplitCache(split_path, cache_path, masks_path=masks_path).subset(*subsets, min_rows=min_rows)
+
+
 def split_images(cache_path: str | os.PathLike, split_path: str | os.PathLike,
                  subsets: tuple[str, ...] | list[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """(images (n,S,S,3) uint8, split rows) of the split's ``subsets``, sorted by ``row``.
-
-    The cache stays memory-mapped; only the requested rows are read (one copy, contiguous).
-    """
-    from defectbench.data.splits import read_split
-
-    split = read_split(split_path)
-    cache = load_cache(cache_path)
-    if cache.ndim != 4 or cache.shape[-1] != 3:
-        raise DefectbenchError(f"{cache_path}: expected (N,S,S,3) images, got {cache.shape}; rerun build_cache")
-    rows = split[split["subset"].isin(list(subsets))].reset_index(drop=True)
-    if len(rows) and (rows["row"].max() >= len(cache) or rows["row"].min() < 0):
-        raise DefectbenchError(f"{split_path}: rows out of range of {cache_path} ({len(cache)} images); rebuild the cache")
-    return np.ascontiguousarray(cache[rows["row"].to_numpy()]), rows
+    """(images, split rows) of the split's ``subsets``: :func:`read_split_images` in the older shape,
+    kept for the DDAD stage until it reads through :func:`read_split_images` itself."""
+    part = read_split_images(split_path, cache_path, *subsets)
+    return part.images, part.rows
