@@ -230,12 +230,6 @@ def test_center_crop_only_from_256():
     assert ddad.image_scores(big).tolist() == [1.0]  # the score is the max of the cropped map
 
 
-def test_map_sample_mixes_classes():
-    labels = np.array([0] * 20 + [1] * 3)
-    keep = ddad._map_sample(labels, 8)
-    assert len(keep) == 8 and labels[keep].sum() == 3
-
-
 # ----------------------------------------------------------------------------- end to end on real images
 @pytest.fixture(scope="module")
 def magnetic_tile(tmp_path_factory):

@@ -1,4 +1,5 @@
-"""PatchCore: coreset vs a brute-force greedy, exact k-NN, MeanMapper semantics, scores, maps, and a run on real magnetic tiles."""
+"""PatchCore and its parts (anomaly/coreset.py, embedding.py, neighbours.py): coreset vs a brute-force
+greedy, exact k-NN, MeanMapper semantics, scores, maps, and a run on real magnetic tiles."""
 
 from __future__ import annotations
 
@@ -15,17 +16,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from magnetic_tile_fixture import write_magnetic_tile  # noqa: E402
 
-from defectbench.anomaly.patchcore import (  # noqa: E402
-    PatchCore,
-    embed_batch,
-    gaussian_smooth,
-    greedy_coreset,
-    kcenter_greedy,
-    map_sample,
-    mean_map,
-    nearest_neighbors,
-    run_patchcore,
-)
+from defectbench.anomaly.coreset import greedy_coreset, kcenter_greedy  # noqa: E402
+from defectbench.anomaly.embedding import embed_batch, mean_map  # noqa: E402
+from defectbench.anomaly.neighbours import nearest_neighbors  # noqa: E402
+from defectbench.anomaly.patchcore import PatchCore, gaussian_smooth, run_patchcore  # noqa: E402
 from defectbench.models.backbones import FeatureExtractor  # noqa: E402
 from defectbench.runtime import DefectbenchError  # noqa: E402
 from job_cfg import job_cfg  # noqa: E402
@@ -59,7 +53,7 @@ def test_kcenter_matches_brute_force(num, dim, n, block, pool, max_elements):
 def test_kcenter_picks_on_one_thread_and_updates_on_all(monkeypatch):
     # Per-pick ops (addmv over the pool) on one thread, the batched update GEMMs (addmm) on every
     # thread the caller set, the caller's count restored afterwards; the picks stay exact.
-    import defectbench.anomaly.patchcore as pc
+    import defectbench.anomaly.coreset as pc
 
     seen: dict[str, set[int]] = {"addmv": set(), "addmm": set()}
     for name in seen:
@@ -107,6 +101,11 @@ def test_nearest_neighbors_match_cdist(k):
     ref_d, ref_i = ref.topk(k, dim=1, largest=False)
     assert torch.equal(idx, ref_i)
     assert torch.allclose(dist.double(), ref_d, atol=1e-4)
+    # the Euclidean metric (clustering) is cdist itself, chunked the same way
+    dist, idx = nearest_neighbors(q, bank, k=k, metric="euclidean", max_elements=200)
+    assert torch.equal(idx, ref_i) and torch.allclose(dist.double(), ref_d.sqrt(), atol=1e-5)
+    with pytest.raises(DefectbenchError, match="unknown metric"):
+        nearest_neighbors(q, bank, metric="cosine")
 
 
 def test_mean_mapper_is_per_channel_window_mean_when_dims_match():
@@ -167,12 +166,6 @@ def test_gaussian_smoothing_preserves_mass_and_spreads_a_peak():
     assert out[0, 20, 20] == pytest.approx(1 / (2 * np.pi * 16), rel=0.02)  # peak of a 2-D Gaussian, sigma 4
 
 
-def test_map_sample_spreads_over_both_classes():
-    labels = np.array([0] * 10 + [1] * 20)
-    picked = map_sample(labels, n_anomalous=3, n_nominal=2)
-    assert picked.tolist() == [0, 9, 10, 20, 29]  # anomalous positions 10 + round(0, 9.5, 19)
-
-
 def test_patchcore_end_to_end_on_real_magnetic_tiles(tmp_path):
     paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
     out = tmp_path / "out"
@@ -191,9 +184,13 @@ def test_patchcore_end_to_end_on_real_magnetic_tiles(tmp_path):
     scores = pd.read_parquet(out / "scores.parquet")
     assert set(scores["subset"]) == {"holdout", "test"} and len(scores) == 3 + 20
     assert np.isfinite(scores["score"]).all()
+    assert list(scores.columns) == ["row", "subset", "label", "score", "map_index"]
     maps = np.load(out / "maps.npy")
-    assert maps.dtype == np.float16 and maps.shape[1:] == (64, 64)
-    assert len(maps) == (scores["map_index"] >= 0).sum() == 8 + 4
+    assert maps.dtype == np.float32 and maps.shape[1:] == (64, 64)
+    # 16 maps: all 5 nominal test images, anomalous ones fill the rest (anomaly/protocol.py)
+    assert len(maps) == (scores["map_index"] >= 0).sum() == 16
+    kept = scores[scores["map_index"] >= 0]
+    assert kept["label"].tolist().count(0) == 5
     assert record["metrics"]["threshold"] == pytest.approx(
         np.quantile(scores.loc[scores["subset"] == "holdout", "score"], 0.95))
 

@@ -166,14 +166,13 @@ SCENARIOS = {
     "add a scorer": (
         _set("anomaly", "scorers", lambda s: s + ["mahalanobis"]),
         {job("score_anomaly", features="simclr", dataset="elpv", seed=0), *REPORT}),
-    # fingerprints are per file: anomaly/image_level.py holds the feature extraction too, the
-    # clustering embeds with anomaly/patchcore.py, and the classification metrics of the probes and
-    # the supervised baseline take their AUROC/AP from metrics/anomaly.py: all import it.
+    # fingerprints are per file: anomaly/image_level.py holds the feature extraction too, and the
+    # classification metrics of the probes and the supervised baseline take their AUROC/AP from
+    # metrics/anomaly.py: all import it. Clustering embeds with anomaly/embedding.py, which does not.
     "edit metrics/anomaly.py": (
         lambda p: p.edit_library("metrics/anomaly.py"),
         {job("score_anomaly", features="simclr", dataset="elpv", seed=0),
          job("anomaly_features", features="simclr", **E), job("patchcore", **E),
-         job("cluster", dataset="elpv", features="resnet18", seed=0),
          *(job("linear_probe", method=m, **E) for m in ("simclr", "supcon", "random")),
          job("linear_probe", method="pretrained", **LITE), job("train_supervised", pct=100, **E), *REPORT}),
     "edit ssl/losses.py": (

@@ -29,15 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from defectbench.anomaly.neighbours import nearest_neighbors, query_chunks
 from defectbench.runtime import DefectbenchError
 
 log = logging.getLogger("defectbench")
-
-def _min_distances(queries: torch.Tensor, bank: torch.Tensor, max_elements: int = 2**24) -> torch.Tensor:
-    """For each row of ``queries`` (M,D), the Euclidean distance to its nearest row of ``bank`` (K,D); chunked cdist."""
-    rows = max(1, max_elements // max(bank.shape[0], 1))
-    out = [torch.cdist(queries[s:s + rows], bank).amin(1) for s in range(0, queries.shape[0], rows)]
-    return torch.cat(out)
 
 
 def unsupervised_distances(embeddings: torch.Tensor, max_elements: int = 2**24) -> torch.Tensor:
@@ -46,14 +41,13 @@ def unsupervised_distances(embeddings: torch.Tensor, max_elements: int = 2**24) 
     if n < 2:
         raise DefectbenchError("clustering: unsupervised weights need at least 2 images")
     flat = embeddings.reshape(n * p, dim)
-    rows = max(1, max_elements // (n * p))  # query patches per chunk
     out = torch.empty(n * p)
     image_of = torch.arange(n * p) // p
-    for s in range(0, n * p, rows):
-        q = flat[s:s + rows]
+    for chunk in query_chunks(n * p, n * p, max_elements):
+        q = flat[chunk]
         per_image = torch.cdist(q, flat).reshape(len(q), n, p).amin(2)  # (rows, N): min over j's patches
-        per_image[torch.arange(len(q)), image_of[s:s + rows]] = 0.0  # drop j == i
-        out[s:s + rows] = per_image.sum(1) / (n - 1)
+        per_image[torch.arange(len(q)), image_of[chunk]] = 0.0  # drop j == i
+        out[chunk] = per_image.sum(1) / (n - 1)
     return out.reshape(n, p)
 
 
@@ -64,7 +58,8 @@ def supervised_distances(embeddings: torch.Tensor, references: torch.Tensor, tra
         raise DefectbenchError(f"clustering.train_ratio: {train_ratio} of {len(references)} reference images uses none")
     bank = references[:used].reshape(-1, references.shape[-1])
     n, p, dim = embeddings.shape
-    return _min_distances(embeddings.reshape(n * p, dim), bank).reshape(n, p)
+    nearest, _ = nearest_neighbors(embeddings.reshape(n * p, dim), bank, metric="euclidean")
+    return nearest.reshape(n, p)
 
 
 def patch_weights(distances: torch.Tensor, tau: float) -> torch.Tensor:
@@ -153,45 +148,42 @@ def run_clustering(
     """
     import pandas as pd
 
-    from defectbench.anomaly.patchcore import embed_patches, load_split_images
+    from defectbench.anomaly.embedding import embed_patches, patch_extractor
+    from defectbench.data.cache import split_images
     from defectbench.metrics.clustering import clustering_metrics, hungarian_match
-    from defectbench.models.backbones import FeatureExtractor
     from defectbench.runtime import pick_device, seed_everything, write_metrics, write_parquet
 
     start = time.perf_counter()
     cl_cfg, pc_cfg = cfg["clustering"], cfg["patchcore"]
     seed_everything(seed)
     device = pick_device(cfg["device"])
-    split, cache, _ = load_split_images(cache_path, None, split_path)
+    test_images, images = split_images(cache_path, split_path, ["test"])
     try:
         manifest = pd.read_parquet(manifest_path, columns=["is_anomalous"])
     except FileNotFoundError:
         raise DefectbenchError(f"{manifest_path}: manifest not found; run the build_manifest rule") from None
-    images = split[split["subset"] == "test"].copy()
     images["is_anomalous"] = manifest["is_anomalous"].to_numpy()[images["row"].to_numpy()]
     if not cl_cfg["include_normal"]:
-        images = images[images["is_anomalous"]]
+        test_images, images = test_images[images["is_anomalous"].to_numpy()], images[images["is_anomalous"]]
     if len(images) < 2:
         raise DefectbenchError(f"{split_path}: fewer than 2 images to cluster; check the dataset's clustering task")
     labels = images["label"].to_numpy().astype(int)
     k = int(np.unique(labels).size)
-    extractor = FeatureExtractor(pc_cfg["backbone"], pc_cfg["layers"],
-                                 pretrained=pc_cfg["pretrained"])
+    extractor = patch_extractor(pc_cfg)
     embed_kw = dict(pretrain_dim=cl_cfg.get("pretrain_dim"), target_dim=cl_cfg.get("target_dim"),
                     patchsize=pc_cfg["patchsize"], layernorm=cl_cfg["layernorm"],
                     batch_size=pc_cfg["batch_size"], device=device)
     log.info("clustering %s: %d images, k=%d, backbone %s", dataset, len(images), k, pc_cfg["backbone"])
-    emb, _ = embed_patches(extractor, cache[images["row"].to_numpy()], **embed_kw)
+    emb, _ = embed_patches(extractor, test_images, **embed_kw)
     references = None
     if "supervised" in metrics_paths:
         if reference_split_path is None:
             raise DefectbenchError("clustering: 'supervised' weighting needs the anomaly split of the dataset")
-        ref_split, _, _ = load_split_images(cache_path, None, reference_split_path)
-        ref_rows = ref_split[(ref_split["subset"] == "train") & (ref_split["label"] == 0)]["row"].to_numpy()
-        ref_rows = np.setdiff1d(ref_rows, images["row"].to_numpy())
-        if len(ref_rows) == 0:
+        train_images, train = split_images(cache_path, reference_split_path, ["train"])
+        usable = ((train["label"] == 0) & ~train["row"].isin(images["row"])).to_numpy()
+        if not usable.any():
             raise DefectbenchError(f"{reference_split_path}: no nominal train images to use as references")
-        references, _ = embed_patches(extractor, cache[ref_rows], **embed_kw)
+        references, _ = embed_patches(extractor, train_images[usable], **embed_kw)
     records = {}
     for weighting, metrics_path in metrics_paths.items():
         t0 = time.perf_counter()

@@ -107,7 +107,7 @@ FEATURE_SOURCES: dict[str, Entry] = {
 
 # Patch-embedding sources of anomaly clustering.
 CLUSTERING_FEATURES: dict[str, Entry] = {
-    "patchcore": Entry("defectbench.anomaly.patchcore:embed_patches", summary="patchcore.backbone patch embeddings"),
+    "patchcore": Entry("defectbench.anomaly.embedding:embed_patches", summary="patchcore.backbone patch embeddings"),
 }
 
 _CLUSTERING = "defectbench.clustering"

@@ -9,8 +9,8 @@ score_anomaly stages.
    (the split and features are read once; each scorer takes milliseconds to seconds, less than a
    job's start-up), each with its own outputs. A scorer is fitted on the train features; the
    threshold is the ``anomaly.threshold_quantile`` of the scores of the held-out nominal images;
-   the test images are scored and evaluated by
-   :func:`defectbench.metrics.anomaly.evaluate_anomaly` (clean protocol, specs B.2). With
+   the test images are scored, evaluated and written by the anomaly protocol
+   (:mod:`defectbench.anomaly.protocol`; clean protocol, specs B.2). With
    ``anomaly.refit_on_holdout`` the scorer is refitted on train + holdout before scoring the test
    set and the holdout threshold is kept (B.2 step 2).
 
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from defectbench.anomaly.protocol import anomaly_subsets, evaluate, write_scores
 from defectbench.anomaly.scorers import get_scorer
 from defectbench.data.splits import read_split
-from defectbench.metrics.anomaly import evaluate_anomaly, leaky_percentile_metrics
 from defectbench.runtime import (
     DefectbenchError,
     Timer,
@@ -40,12 +40,9 @@ from defectbench.runtime import (
     seed_everything,
     write_json,
     write_metrics,
-    write_parquet,
 )
 
 log = logging.getLogger("defectbench")
-
-SUBSETS = ("train", "holdout", "test")
 
 
 def extract_anomaly_features(*, cache_path: str, split_path: str, encoder_path: str | None, features_path: str,
@@ -99,36 +96,25 @@ def score_anomaly(*, features_path: str, split_path: str, outputs: dict[str, tup
         missing = ~split["row"].isin(position.index)
         if missing.any():
             raise DefectbenchError(f"{features_path}: lacks {int(missing.sum())} rows of {split_path}; delete it and rerun")
-        parts = {name: split[split["subset"] == name].sort_values("row") for name in SUBSETS}
-        for name, part in parts.items():
-            if part.empty:
-                raise DefectbenchError(f"{split_path}: no '{name}' images; check holdout_fraction/test_fraction of {dataset}")
+        parts = anomaly_subsets(split, split_path)
         x = {name: feats[position[part["row"]].to_numpy()] for name, part in parts.items()}
     try:  # device/timing of the feature extraction this job reused
         with open(f"{features_path}.json") as fh:
             provenance = json.load(fh)
     except (OSError, ValueError):
         provenance = {}
-    test_labels = parts["test"]["label"].to_numpy().astype(int)
     memory = np.concatenate([x["train"], x["holdout"]]) if acfg["refit_on_holdout"] else x["train"]
+    leaky_percentile = float(acfg["leaky_percentile"]) if protocol == "faithful" else None
     records = {}
     for scorer, (metrics_path, scores_path) in outputs.items():
         with Timer() as timer:
             score = get_scorer(scorer, acfg)
             holdout_scores = score(x["train"], x["holdout"])
             test_scores = score(memory, x["test"])
-            metrics = evaluate_anomaly(test_scores, test_labels, holdout_scores,
-                                       quantile=float(acfg["threshold_quantile"]),
-                                       test_types=parts["test"]["label_name"].to_numpy())
-            if protocol == "faithful":
-                metrics.update(leaky_percentile_metrics(test_scores, test_labels, float(acfg["leaky_percentile"])))
-            scores = pd.concat([
-                pd.DataFrame({"row": parts["holdout"]["row"].to_numpy(), "subset": "holdout",
-                              "label": parts["holdout"]["label"].to_numpy().astype(int), "score": holdout_scores}),
-                pd.DataFrame({"row": parts["test"]["row"].to_numpy(), "subset": "test", "label": test_labels,
-                              "score": test_scores}),
-            ], ignore_index=True)
-        write_parquet(scores_path, scores)
+            metrics = evaluate(parts["test"], test_scores, holdout_scores, quantile=acfg["threshold_quantile"],
+                               leaky_percentile=leaky_percentile)
+            write_scores(scores_path, holdout=parts["holdout"], holdout_scores=holdout_scores,
+                         test=parts["test"], test_scores=test_scores)
         keys = {"dataset": dataset, "seed": int(seed), "scorer": scorer, "features": features, "backbone": backbone}
         extra = {"feature_extraction": provenance, "n_train": int(len(parts["train"])),
                  "leaky_metrics": "leaky_* keys use the test-score percentile threshold (reference protocol, not valid)"

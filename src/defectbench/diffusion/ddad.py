@@ -28,7 +28,8 @@ The stage (:func:`run_ddad`) scores the held-out nominal images and the test ima
 model trained on the anomaly split's nominal train subset; the threshold comes from the
 held-out scores only (:func:`defectbench.metrics.anomaly.evaluate_anomaly`). Each row carries
 the diffusion model's convergence verdict (``diffusion_converged``) so that a score from an
-untrained model is not read as a DDAD result.
+untrained model is not read as a DDAD result. Reading the split, thresholding, the metrics and
+the outputs follow the anomaly protocol (:mod:`defectbench.anomaly.protocol`).
 
 >>> ddad_timesteps(250, 25)[:2], ddad_timesteps(250, 25)[-1]
 ([(225, 200), (200, 175)], (0, -1))
@@ -48,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectbench.data.cache import split_images
 from defectbench.diffusion.ddpm import (
     alpha_bar,
     eps_fn,
@@ -61,7 +61,6 @@ from defectbench.models.backbones import FeatureExtractor, imagenet_normalize
 from defectbench.runtime import (
     DefectbenchError,
     Timer,
-    atomic_path,
     autocast_context,
     effective_amp,
     pick_device,
@@ -76,7 +75,6 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DA_LAYERS = ("layer1", "layer2", "layer3")
 MAP_LAYERS = ("layer2", "layer3")
 CROP_FROM, CROP_TO = 256, 224
-N_MAP_SAMPLES = 16
 
 
 # ----------------------------------------------------------------------------- D.3
@@ -310,14 +308,6 @@ def image_scores(maps: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- stage
-def _map_sample(labels: np.ndarray, n: int = N_MAP_SAMPLES) -> np.ndarray:
-    """Indices (into the test set) of up to n maps kept for figures: half anomalous, half nominal."""
-    anomalous, nominal = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    take_a = min(len(anomalous), max(n // 2, n - len(nominal)))
-    take_n = min(len(nominal), n - take_a)
-    return np.sort(np.concatenate([anomalous[:take_a], nominal[:take_n]]))
-
-
 def diffusion_report(path: str | os.PathLike) -> tuple[bool, dict[str, float]]:
     """(converged, metrics to copy) from the diffusion model's pretraining metrics.json."""
     from defectbench.tables import read_metrics_record
@@ -336,9 +326,9 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
              maps_path: str | os.PathLike, history_path: str | os.PathLike, cfg: dict[str, Any], *,
              dataset: str, seed: int, diffusion_metrics_path: str | os.PathLike) -> dict[str, Any]:
     """Pipeline stage ``ddad``: adapt the feature extractor on the nominal train images, score the
-    holdout (nominal) and test images, evaluate, and write metrics.json, scores.parquet (row,
-    label, score, subset, map_index), maps.npy (up to 16 test maps, rows in scores.parquet via
-    ``map_index``) and the domain-adaptation history.
+    holdout (nominal) and test images, evaluate and write them by the anomaly protocol
+    (:mod:`defectbench.anomaly.protocol`: scores.parquet, maps.npy; pixel metrics on the
+    center-cropped maps), write the domain-adaptation history and metrics.json.
 
     ``cfg`` is the rule's config slice: ``ddad`` and ``metrics`` sections, ``threshold_quantile``,
     ``device``, ``protocol``. ``diffusion_metrics_path`` is the model's pretraining metrics.json:
@@ -346,7 +336,8 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
     table, so a row from an untrained model is not read as a DDAD result) and its final loss and
     reconstruction errors are copied as ``diffusion_*`` metrics.
     """
-    from defectbench.metrics.anomaly import evaluate_anomaly
+    from defectbench.anomaly import protocol
+    from defectbench.train import job_checkpoint
 
     dcfg = cfg["ddad"]
     diffusion_converged, diffusion_metrics = diffusion_report(diffusion_metrics_path)
@@ -357,22 +348,14 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
     with Timer() as timer:
         unet, scheduler = load_diffusion(model_dir, device)
         table = scheduler_table(scheduler).to(device)
-        train, _ = split_images(cache_path, anomaly_split_path, ["train"])
-        holdout, holdout_rows = split_images(cache_path, anomaly_split_path, ["holdout"])
-        test, test_rows = split_images(cache_path, anomaly_split_path, ["test"])
-        if len(test) == 0 or len(holdout) == 0:
-            raise DefectbenchError(f"{anomaly_split_path}: the anomaly split needs holdout and test images; "
-                                   "raise holdout_fraction/test_fraction")
-        if test.shape[1] != unet.config.sample_size:
+        split, cache, masks_all = protocol.read_split_and_cache(cache_path, anomaly_split_path, masks_path)
+        parts = protocol.anomaly_subsets(split, anomaly_split_path)
+        size = int(cache.shape[1])
+        if size != unet.config.sample_size:
             raise DefectbenchError(f"{model_dir}: model trained at {unet.config.sample_size} px but {cache_path} is "
-                                   f"{test.shape[1]} px; rerun pretrain_diffusion")
-        masks_all = np.load(masks_path, mmap_mode="r")
-        if masks_all.ndim != 3 or masks_all.shape[1:] != test.shape[1:3]:
-            raise DefectbenchError(f"{masks_path}: masks {masks_all.shape} do not match the {test.shape[1]} px cache; "
-                                   "rerun build_cache")
-        masks = np.asarray(masks_all[test_rows["row"].to_numpy()]) > 0
-        from defectbench.train import job_checkpoint
-
+                                   f"{size} px; rerun pretrain_diffusion")
+        train, holdout, test = (np.ascontiguousarray(cache[parts[name]["row"].to_numpy()]) for name in protocol.SUBSETS)
+        masks = np.asarray(masks_all[parts["test"]["row"].to_numpy()]) > 0
         ckpt = job_checkpoint(Path(metrics_path).parent, cfg,
                               {"model": model_dir, "cache": cache_path, "split": anomaly_split_path}, prefix="da-checkpoint")
         fe, history = adapt_feature_extractor(unet, table, train, dcfg, seed=seed, device=device, amp=amp,
@@ -381,26 +364,12 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
         holdout_maps = anomaly_maps(unet, table, fe, holdout, dcfg, generator=gen, device=device, amp=amp)
         test_maps = anomaly_maps(unet, table, fe, test, dcfg, generator=gen, device=device, amp=amp)
         holdout_scores, test_scores = image_scores(holdout_maps), image_scores(test_maps)
-        labels = test_rows["label"].to_numpy().astype(int)
-        metrics = evaluate_anomaly(test_scores, labels, holdout_scores,
-                                   quantile=float(cfg["threshold_quantile"]),
-                                   maps=maybe_crop(test_maps), masks=maybe_crop(masks),
-                                   pro_mode=mcfg["pro_mode"],
-                                   fpr_limit=float(mcfg["pro_fpr_limit"]),
-                                   test_types=test_rows["label_name"].to_numpy())
-    keep = _map_sample(labels)
-    map_index = np.full(len(test_rows), -1)
-    map_index[keep] = np.arange(len(keep))
-    scores = pd.concat([
-        pd.DataFrame({"row": holdout_rows["row"].to_numpy(), "label": 0, "score": holdout_scores,
-                      "subset": "holdout", "map_index": -1}),
-        pd.DataFrame({"row": test_rows["row"].to_numpy(), "label": labels, "score": test_scores,
-                      "subset": "test", "map_index": map_index}),
-    ], ignore_index=True)
-    write_parquet(scores_path, scores)
+        metrics = protocol.evaluate(parts["test"], test_scores, holdout_scores, quantile=cfg["threshold_quantile"],
+                                    maps=maybe_crop(test_maps), masks=maybe_crop(masks), pro_mode=mcfg["pro_mode"],
+                                    fpr_limit=mcfg["pro_fpr_limit"])
+    protocol.write_scores(scores_path, holdout=parts["holdout"], holdout_scores=holdout_scores,
+                          test=parts["test"], test_scores=test_scores, test_maps=test_maps, maps_path=maps_path)
     write_parquet(history_path, history)
-    with atomic_path(maps_path) as tmp:
-        np.save(tmp, test_maps[keep].astype(np.float32))
     backbone = dcfg["feature_backbone"]
     record = write_metrics(
         metrics_path, stage="anomaly", metrics={**metrics, **diffusion_metrics}, config=cfg,
@@ -408,7 +377,7 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
               "diffusion_converged": diffusion_converged},
         device=str(device), wall_time_s=timer.seconds,
         extra={"amp": effective_amp(device, amp), "max_norm": dcfg["max_norm"], "da_bn": dcfg["da_bn"],
-               "center_crop": bool(test.shape[1] >= CROP_FROM), "image_size": int(test.shape[1]),
+               "center_crop": bool(size >= CROP_FROM), "image_size": size,
                "pro_mode": mcfg["pro_mode"]},
     )
     ckpt.unlink(missing_ok=True)
