@@ -61,11 +61,14 @@ class PatchCore:
     """
 
     extractor: FeatureExtractor = dataclasses.field(kw_only=False)
+    # patch embedding (anomaly/embedding.py)
     pretrain_dim: int | None = 1024
     target_dim: int | None = 1024
     patchsize: int = 3
+    # memory bank (anomaly/coreset.py)
     coreset_ratio: float = 0.1
     projection_dim: int = 128
+    # scores and maps: k nearest bank rows, Eq. 7 re-weighting, smoothing of the maps
     num_neighbors: int = 1
     reweight: bool = False
     reweight_neighbors: int = 3
