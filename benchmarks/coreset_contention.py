@@ -31,7 +31,10 @@ ROOT = HERE.parent
 WORKER = """
 import hashlib, json, sys, time
 import torch
-from defectbench.anomaly.coreset import greedy_coreset
+try:
+    from defectbench.anomaly.coreset import greedy_coreset
+except ImportError:  # a tree from before PatchCore was split into parts
+    from defectbench.anomaly.patchcore import greedy_coreset
 n, dim, ratio, threads = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
 features = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
