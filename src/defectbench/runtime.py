@@ -356,13 +356,14 @@ class StageJob:
 
     def write_metrics(self, path: str | os.PathLike, *, metrics: dict[str, Any], extra: dict[str, Any] | None = None,
                       keys: dict[str, Any] | None = None, wall_time_s: float | None = None,
-                      protocol: str | None = None) -> dict[str, Any]:
+                      protocol: str | None = None, device: str | None = None) -> dict[str, Any]:
         """This job's ``metrics.json`` through :func:`write_metrics`: the job's config slice,
-        keys (``keys`` are added to / override them, e.g. a probe's ``labels_pct``) and device;
+        keys (``keys`` are added to / override them, e.g. a probe's ``labels_pct``) and device
+        (``device`` overrides it: a scorer of features reports where they were computed);
         wall time = :meth:`elapsed` unless ``wall_time_s`` gives a share the stage measured
         (a job writing several records splits its one-off work between them)."""
         return write_metrics(path, stage=self.stage, metrics=metrics, config=self.cfg, keys={**self.keys, **(keys or {})},
-                             device=str(self.device), wall_time_s=self.elapsed() if wall_time_s is None else wall_time_s,
+                             device=device or str(self.device), wall_time_s=self.elapsed() if wall_time_s is None else wall_time_s,
                              protocol=protocol, extra=extra)
 
 
@@ -373,7 +374,8 @@ def stage_job(*, stage: str, cfg: dict[str, Any], keys: dict[str, Any], seed: in
 
     In order, all inside the job's wall time: cap torch's CPU threads at ``threads`` (the rule's
     ``threads``; None leaves torch's default), pick the device of ``cfg["device"]``
-    (:func:`pick_device`), resolve the configured ``amp`` to what runs there
+    (:func:`pick_device`; a slice without ``device``, a numpy-only stage such as score_anomaly,
+    leaves ``job.device`` None and never imports torch), resolve the configured ``amp`` to what runs there
     (:func:`effective_amp`), seed python/numpy/torch with ``seed`` (:func:`seed_everything`; None
     seeds nothing). One log line when the job starts and one when it finishes (with its wall
     time). ``keys`` identify the job in its table (dataset, method, seed, ...);
@@ -391,8 +393,8 @@ def stage_job(*, stage: str, cfg: dict[str, Any], keys: dict[str, Any], seed: in
             import torch
 
             torch.set_num_threads(int(threads))
-        device = pick_device(cfg["device"])
-        mode = effective_amp(device, amp)
+        device = pick_device(cfg["device"]) if "device" in cfg else None
+        mode = effective_amp(device, amp) if device is not None else "none"
         if seed is not None:
             seed_everything(seed)
         log.info("%s job %s: device %s, amp %s, seed %s, threads %s", stage, label, device, mode, seed,

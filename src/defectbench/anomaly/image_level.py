@@ -31,16 +31,7 @@ import pandas as pd
 from defectbench.anomaly.protocol import anomaly_subsets, evaluate, write_scores
 from defectbench.anomaly.scorers import get_scorer
 from defectbench.data.splits import read_split
-from defectbench.runtime import (
-    DefectbenchError,
-    Timer,
-    atomic_path,
-    effective_amp,
-    pick_device,
-    seed_everything,
-    write_json,
-    write_metrics,
-)
+from defectbench.runtime import DefectbenchError, Timer, atomic_path, stage_job, write_json
 
 log = logging.getLogger("defectbench")
 
@@ -49,27 +40,25 @@ def extract_anomaly_features(*, cache_path: str, split_path: str, encoder_path: 
                              cfg: dict[str, Any], features: str, backbone: str, seed: int) -> None:
     """Write ``features_path`` (.npz: ``rows`` int64, ``features`` float32 (N,d)) for every row of
     the anomaly split, plus ``<features_path>.json`` with the device and timing."""
-    from defectbench.data.cache import load_cache
+    from defectbench.data.cache import SplitCache
     from defectbench.features import extract_features, load_feature_source  # torch: not needed for scoring
 
     acfg = cfg["anomaly"]
-    with Timer() as timer:
-        device = pick_device(cfg["device"])
-        amp = effective_amp(device, acfg["amp"])
-        seed_everything(seed)
-        split = read_split(split_path)
-        rows = np.sort(split["row"].to_numpy())
+    keys = {"features": features, "backbone": backbone, "seed": seed}
+    with stage_job(stage="anomaly", cfg=cfg, keys=keys, seed=seed, amp=acfg["amp"]) as job:
+        data = SplitCache(split_path, cache_path)
+        split = data.take(data.split)  # every row of the anomaly split, by row
         encoder, dim = load_feature_source(features, encoder_path=encoder_path, backbone=backbone,
-                                           pretrained=acfg.get("pretrained"), device=device)
-        images = load_cache(cache_path)
-        feats = extract_features(encoder, images[rows], device, int(acfg["feature_batch_size"]), amp)
-    with atomic_path(features_path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, rows=rows.astype(np.int64), features=feats)
-    write_json(f"{features_path}.json", {"features": features, "backbone": backbone, "seed": seed,
-                                         "device": str(device), "amp": amp, "feature_dim": dim,
-                                         "n_images": int(rows.size), "seconds": timer.seconds})
-    log.info("anomaly features %s: %d images x %d dims in %.1fs on %s", features, rows.size, dim, timer.seconds, device)
+                                           pretrained=acfg.get("pretrained"), device=job.device)
+        feats = extract_features(encoder, split.images, job.device, int(acfg["feature_batch_size"]), job.amp)
+        seconds = job.elapsed()
+        with atomic_path(features_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, rows=split.row_ids, features=feats)
+        write_json(f"{features_path}.json", {"features": features, "backbone": backbone, "seed": seed,
+                                             "device": str(job.device), "amp": job.amp, "feature_dim": dim,
+                                             "n_images": len(split), "seconds": seconds})
+    log.info("anomaly features %s: %d images x %d dims in %.1fs on %s", features, len(split), dim, seconds, job.device)
 
 
 def _load_features(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,40 +78,42 @@ def score_anomaly(*, features_path: str, split_path: str, outputs: dict[str, tup
     ``protocol``. Returns the metrics record of each scorer."""
     acfg = cfg["anomaly"]
     protocol = cfg["protocol"]
-    with Timer() as load_timer:
-        split = read_split(split_path)
-        rows, feats = _load_features(features_path)
-        position = pd.Series(np.arange(rows.size), index=rows)
-        missing = ~split["row"].isin(position.index)
-        if missing.any():
-            raise DefectbenchError(f"{features_path}: lacks {int(missing.sum())} rows of {split_path}; delete it and rerun")
-        parts = anomaly_subsets(split, split_path)
-        x = {name: feats[position[part["row"]].to_numpy()] for name, part in parts.items()}
-    try:  # device/timing of the feature extraction this job reused
-        with open(f"{features_path}.json") as fh:
-            provenance = json.load(fh)
-    except (OSError, ValueError):
-        provenance = {}
-    memory = np.concatenate([x["train"], x["holdout"]]) if acfg["refit_on_holdout"] else x["train"]
-    leaky_percentile = float(acfg["leaky_percentile"]) if protocol == "faithful" else None
-    records = {}
-    for scorer, (metrics_path, scores_path) in outputs.items():
-        with Timer() as timer:
-            score = get_scorer(scorer, acfg)
-            holdout_scores = score(x["train"], x["holdout"])
-            test_scores = score(memory, x["test"])
-            metrics = evaluate(parts["test"], test_scores, holdout_scores, quantile=acfg["threshold_quantile"],
-                               leaky_percentile=leaky_percentile)
-            write_scores(scores_path, holdout=parts["holdout"], holdout_scores=holdout_scores,
-                         test=parts["test"], test_scores=test_scores)
-        keys = {"dataset": dataset, "seed": int(seed), "scorer": scorer, "features": features, "backbone": backbone}
+    with stage_job(stage="anomaly", cfg=cfg, keys={"dataset": dataset, "seed": int(seed)}, seed=None) as job:
+        with Timer() as load_timer:
+            split = read_split(split_path)
+            rows, feats = _load_features(features_path)
+            position = pd.Series(np.arange(rows.size), index=rows)
+            missing = ~split["row"].isin(position.index)
+            if missing.any():
+                raise DefectbenchError(f"{features_path}: lacks {int(missing.sum())} rows of {split_path}; delete it and rerun")
+            parts = anomaly_subsets(split, split_path)
+            x = {name: feats[position[part["row"]].to_numpy()] for name, part in parts.items()}
+        try:  # device/timing of the feature extraction this job reused
+            with open(f"{features_path}.json") as fh:
+                provenance = json.load(fh)
+        except (OSError, ValueError):
+            provenance = {}
+        memory = np.concatenate([x["train"], x["holdout"]]) if acfg["refit_on_holdout"] else x["train"]
+        leaky_percentile = float(acfg["leaky_percentile"]) if protocol == "faithful" else None
         extra = {"feature_extraction": provenance, "n_train": int(len(parts["train"])),
                  "leaky_metrics": "leaky_* keys use the test-score percentile threshold (reference protocol, not valid)"
                  if protocol == "faithful" else None}
-        # wall time: this scorer plus the shared reading of split and features
-        records[scorer] = write_metrics(metrics_path, stage="anomaly", metrics=metrics, config=cfg, keys=keys,
-                                        protocol=protocol, device=str(provenance.get("device", "cpu")),
-                                        wall_time_s=load_timer.seconds + timer.seconds, extra=extra)
-        log.info("anomaly %s/%s/%s: image AUROC %s, F1@q %.4f, F1-max (oracle) %s", scorer, features, dataset,
-                 metrics["image_auroc"], metrics["f1"], metrics["f1_max_oracle"])
+        records = {}
+        for scorer, (metrics_path, scores_path) in outputs.items():
+            with Timer() as timer:
+                score = get_scorer(scorer, acfg)
+                holdout_scores = score(x["train"], x["holdout"])
+                test_scores = score(memory, x["test"])
+                metrics = evaluate(parts["test"], test_scores, holdout_scores, quantile=acfg["threshold_quantile"],
+                                   leaky_percentile=leaky_percentile)
+                write_scores(scores_path, holdout=parts["holdout"], holdout_scores=holdout_scores,
+                             test=parts["test"], test_scores=test_scores)
+            # device: where the scored features were computed; wall time: this scorer plus the
+            # shared reading of split and features
+            records[scorer] = job.write_metrics(
+                metrics_path, metrics=metrics, keys={"scorer": scorer, "features": features, "backbone": backbone},
+                protocol=protocol, device=str(provenance.get("device", "cpu")),
+                wall_time_s=load_timer.seconds + timer.seconds, extra=extra)
+            log.info("anomaly %s/%s/%s: image AUROC %s, F1@q %.4f, F1-max (oracle) %s", scorer, features, dataset,
+                     metrics["image_auroc"], metrics["f1"], metrics["f1_max_oracle"])
     return records

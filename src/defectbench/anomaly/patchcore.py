@@ -36,7 +36,7 @@ from defectbench.anomaly.coreset import greedy_coreset
 from defectbench.anomaly.embedding import embed_patches, patch_extractor
 from defectbench.anomaly.neighbours import nearest_neighbors
 from defectbench.models.backbones import FeatureExtractor
-from defectbench.runtime import DefectbenchError, Timer, pick_device, seed_everything
+from defectbench.runtime import DefectbenchError, Timer, stage_job
 
 log = logging.getLogger("defectbench")
 
@@ -176,44 +176,32 @@ def run_patchcore(
     """The ``patchcore`` stage: fit on the anomaly split's nominal train images, score the nominal
     holdout and the test images, and evaluate and write them by the anomaly protocol
     (:mod:`defectbench.anomaly.protocol`: threshold on the holdout, image + pixel metrics,
-    scores.parquet, maps.npy); metrics.json adds the timings and the memory bank size.
+    scores.parquet, maps.npy); metrics.json adds the timings and the memory bank size. Runs in
+    :func:`defectbench.runtime.stage_job`; PatchCore has no mixed precision (``amp`` none).
     """
     from defectbench.anomaly import protocol
-    from defectbench.runtime import write_metrics
 
     pc_cfg = cfg["patchcore"]
     metrics_cfg = cfg["metrics"]
-    with Timer() as timer:
-        seed_everything(seed)
-        device = pick_device(cfg["device"])
-        split, cache, masks = protocol.read_split_and_cache(cache_path, split_path, masks_path)
-        parts = protocol.anomaly_subsets(split, split_path)
-        model = build_patchcore(pc_cfg, device, seed)
-        size = cache.shape[1:3]
+    keys = {"dataset": dataset, "seed": int(seed), "scorer": "patchcore", "features": pc_cfg["backbone"]}
+    with stage_job(stage="anomaly", cfg=cfg, keys=keys, seed=seed) as job:
+        parts = protocol.read_anomaly_split(split_path, cache_path, masks_path)
+        train, holdout, test = (parts[name] for name in protocol.SUBSETS)
+        model = build_patchcore(pc_cfg, job.device, seed)
+        size = test.images.shape[1:3]
         log.info("patchcore %s on %s: %d train, %d holdout, %d test images at %s px, device %s",
-                 pc_cfg["backbone"], dataset, len(parts["train"]), len(parts["holdout"]), len(parts["test"]),
-                 size[0], device)
-        model.fit(cache[parts["train"]["row"].to_numpy()])
-        holdout_scores, _ = model.predict(cache[parts["holdout"]["row"].to_numpy()])
-        test_rows = parts["test"]["row"].to_numpy()
-        test_scores, test_maps = model.predict(cache[test_rows])
-        test_masks = np.asarray(masks[test_rows]) > 0 if masks is not None else None
-        metrics = protocol.evaluate(parts["test"], test_scores, holdout_scores, quantile=cfg["threshold_quantile"],
-                                    maps=test_maps, masks=test_masks, pro_mode=metrics_cfg["pro_mode"],
+                 pc_cfg["backbone"], dataset, len(train), len(holdout), len(test), size[0], job.device)
+        model.fit(train.images)
+        holdout_scores, _ = model.predict(holdout.images)
+        test_scores, test_maps = model.predict(test.images)
+        metrics = protocol.evaluate(test.rows, test_scores, holdout_scores, quantile=cfg["threshold_quantile"],
+                                    maps=test_maps, masks=test.masks, pro_mode=metrics_cfg["pro_mode"],
                                     fpr_limit=metrics_cfg["pro_fpr_limit"])
         metrics.update({f"time_{k}": v for k, v in model.timings.items()})
         metrics["memory_bank_size"] = float(len(model.memory_bank))
-        protocol.write_scores(scores_path, holdout=parts["holdout"], holdout_scores=holdout_scores,
-                              test=parts["test"], test_scores=test_scores, test_maps=test_maps, maps_path=maps_path)
-    record = write_metrics(
-        metrics_path,
-        stage="anomaly",
-        metrics=metrics,
-        config=cfg,
-        keys={"dataset": dataset, "seed": int(seed), "scorer": "patchcore", "features": pc_cfg["backbone"]},
-        device=str(device),
-        wall_time_s=timer.seconds,
-        extra={"amp": "none", "threshold": metrics.get("threshold"), "image_size": int(size[0])},
-    )
+        protocol.write_scores(scores_path, holdout=holdout.rows, holdout_scores=holdout_scores,
+                              test=test.rows, test_scores=test_scores, test_maps=test_maps, maps_path=maps_path)
+        record = job.write_metrics(metrics_path, metrics=metrics, extra={
+            "amp": job.amp, "threshold": metrics.get("threshold"), "image_size": int(size[0])})
     log.info("patchcore %s: image AUROC %s, pixel AUROC %s", dataset, metrics.get("image_auroc"), metrics.get("pixel_auroc"))
     return record

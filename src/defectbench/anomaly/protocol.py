@@ -3,7 +3,8 @@ model has scored images. The image-level scorers (:mod:`defectbench.anomaly.imag
 (:mod:`defectbench.anomaly.patchcore`) and DDAD (:mod:`defectbench.diffusion.ddad`) all use it:
 
 1. :func:`anomaly_subsets`: the anomaly split's ``train`` (fit), ``holdout`` (nominal images the
-   model never saw: the threshold) and ``test`` rows, each sorted by ``row`` and non-empty.
+   model never saw: the threshold) and ``test`` rows, each sorted by ``row`` and non-empty;
+   :func:`read_anomaly_split`: their images (and masks) through the split/cache reader.
 2. :func:`evaluate`: :func:`defectbench.metrics.anomaly.evaluate_anomaly`: the threshold is the
    ``quantile`` of the held-out nominal scores (no test label is used), image AUROC/AUPRC,
    P/R/F1/accuracy at the threshold, the oracle F1-max, the per-defect-type detection rates
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from defectbench.data.cache import SplitCache, SplitImages
 from defectbench.metrics.anomaly import ProMode, evaluate_anomaly, leaky_percentile_metrics
 from defectbench.runtime import DefectbenchError, atomic_path, write_parquet
 
@@ -45,23 +47,13 @@ MAP_SAMPLES = 16
 MAPS_DTYPE = np.float32
 
 
-def read_split_and_cache(cache_path: str | os.PathLike, split_path: str | os.PathLike,
-                         masks_path: str | os.PathLike | None = None):
-    """(split sorted by row, cache memmap (N,S,S,3), masks memmap (N,S,S) or None), each read once,
-    with the shapes and the split's rows checked against the cache."""
-    from defectbench.data.cache import load_cache
-    from defectbench.data.splits import read_split
-
-    split = read_split(split_path)
-    cache = load_cache(cache_path)
-    masks = load_cache(masks_path) if masks_path else None
-    if cache.ndim != 4:
-        raise DefectbenchError(f"{cache_path}: expected (N,S,S,3) uint8, got {cache.dtype} {cache.shape}; rebuild it")
-    if masks is not None and masks.shape != cache.shape[:3]:
-        raise DefectbenchError(f"{masks_path}: mask cache shape {masks.shape} does not match {cache_path}; rebuild both")
-    if len(split) and int(split["row"].max()) >= len(cache):
-        raise DefectbenchError(f"{split_path}: row {int(split['row'].max())} beyond the {len(cache)} cached images")
-    return split, cache, masks
+def read_anomaly_split(split_path: str | os.PathLike, cache_path: str | os.PathLike,
+                       masks_path: str | os.PathLike | None = None) -> dict[str, SplitImages]:
+    """The images (and masks, given ``masks_path``) of the anomaly split's train, holdout and test
+    rows (:func:`anomaly_subsets`), read once through the split/cache reader
+    (:class:`defectbench.data.cache.SplitCache`)."""
+    data = SplitCache(split_path, cache_path, masks_path=masks_path)
+    return {name: data.take(part) for name, part in anomaly_subsets(data.split, split_path).items()}
 
 
 def anomaly_subsets(split: pd.DataFrame, split_path: str | os.PathLike) -> dict[str, pd.DataFrame]:

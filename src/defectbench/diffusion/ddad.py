@@ -58,16 +58,7 @@ from defectbench.diffusion.ddpm import (
     to_model_range,
 )
 from defectbench.models.backbones import FeatureExtractor, imagenet_normalize
-from defectbench.runtime import (
-    DefectbenchError,
-    Timer,
-    autocast_context,
-    effective_amp,
-    pick_device,
-    seed_everything,
-    write_metrics,
-    write_parquet,
-)
+from defectbench.runtime import DefectbenchError, autocast_context, stage_job, write_parquet
 
 log = logging.getLogger("defectbench")
 
@@ -337,50 +328,39 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
     reconstruction errors are copied as ``diffusion_*`` metrics.
     """
     from defectbench.anomaly import protocol
-    from defectbench.train import job_checkpoint
+    from defectbench.train import checkpointed
 
-    dcfg = cfg["ddad"]
+    dcfg, mcfg = cfg["ddad"], cfg["metrics"]
     diffusion_converged, diffusion_metrics = diffusion_report(diffusion_metrics_path)
-    mcfg = cfg["metrics"]
-    device = pick_device(cfg["device"])
-    amp = dcfg["amp"]
-    seed_everything(seed)
-    with Timer() as timer:
+    keys = {"dataset": dataset, "seed": seed, "scorer": "ddad", "features": dcfg["feature_backbone"],
+            "diffusion_converged": diffusion_converged}
+    with stage_job(stage="anomaly", cfg=cfg, keys=keys, seed=seed, amp=dcfg["amp"]) as job:
+        device, amp = job.device, job.amp
         unet, scheduler = load_diffusion(model_dir, device)
         table = scheduler_table(scheduler).to(device)
-        split, cache, masks_all = protocol.read_split_and_cache(cache_path, anomaly_split_path, masks_path)
-        parts = protocol.anomaly_subsets(split, anomaly_split_path)
-        size = int(cache.shape[1])
+        parts = protocol.read_anomaly_split(anomaly_split_path, cache_path, masks_path)
+        train, holdout, test = (parts[name] for name in protocol.SUBSETS)
+        size = int(test.images.shape[1])
         if size != unet.config.sample_size:
             raise DefectbenchError(f"{model_dir}: model trained at {unet.config.sample_size} px but {cache_path} is "
                                    f"{size} px; rerun pretrain_diffusion")
-        train, holdout, test = (np.ascontiguousarray(cache[parts[name]["row"].to_numpy()]) for name in protocol.SUBSETS)
-        masks = np.asarray(masks_all[parts["test"]["row"].to_numpy()]) > 0
-        ckpt = job_checkpoint(Path(metrics_path).parent, cfg,
-                              {"model": model_dir, "cache": cache_path, "split": anomaly_split_path}, prefix="da-checkpoint")
-        fe, history = adapt_feature_extractor(unet, table, train, dcfg, seed=seed, device=device, amp=amp,
-                                              checkpoint_path=ckpt)
-        gen = torch.Generator(device=device).manual_seed(int(seed))
-        holdout_maps = anomaly_maps(unet, table, fe, holdout, dcfg, generator=gen, device=device, amp=amp)
-        test_maps = anomaly_maps(unet, table, fe, test, dcfg, generator=gen, device=device, amp=amp)
-        holdout_scores, test_scores = image_scores(holdout_maps), image_scores(test_maps)
-        metrics = protocol.evaluate(parts["test"], test_scores, holdout_scores, quantile=cfg["threshold_quantile"],
-                                    maps=maybe_crop(test_maps), masks=maybe_crop(masks), pro_mode=mcfg["pro_mode"],
-                                    fpr_limit=mcfg["pro_fpr_limit"])
-    protocol.write_scores(scores_path, holdout=parts["holdout"], holdout_scores=holdout_scores,
-                          test=parts["test"], test_scores=test_scores, test_maps=test_maps, maps_path=maps_path)
-    write_parquet(history_path, history)
-    backbone = dcfg["feature_backbone"]
-    record = write_metrics(
-        metrics_path, stage="anomaly", metrics={**metrics, **diffusion_metrics}, config=cfg,
-        keys={"dataset": dataset, "seed": seed, "scorer": "ddad", "features": backbone,
-              "diffusion_converged": diffusion_converged},
-        device=str(device), wall_time_s=timer.seconds,
-        extra={"amp": effective_amp(device, amp), "max_norm": dcfg["max_norm"], "da_bn": dcfg["da_bn"],
-               "center_crop": bool(size >= CROP_FROM), "image_size": size,
-               "pro_mode": mcfg["pro_mode"]},
-    )
-    ckpt.unlink(missing_ok=True)
+        inputs = {"model": model_dir, "cache": cache_path, "split": anomaly_split_path}
+        with checkpointed(Path(metrics_path).parent, cfg, inputs, prefix="da-checkpoint") as ckpt:
+            fe, history = adapt_feature_extractor(unet, table, train.images, dcfg, seed=seed, device=device, amp=amp,
+                                                  checkpoint_path=ckpt)
+            gen = torch.Generator(device=device).manual_seed(int(seed))
+            holdout_maps = anomaly_maps(unet, table, fe, holdout.images, dcfg, generator=gen, device=device, amp=amp)
+            test_maps = anomaly_maps(unet, table, fe, test.images, dcfg, generator=gen, device=device, amp=amp)
+            holdout_scores, test_scores = image_scores(holdout_maps), image_scores(test_maps)
+            metrics = protocol.evaluate(test.rows, test_scores, holdout_scores, quantile=cfg["threshold_quantile"],
+                                        maps=maybe_crop(test_maps), masks=maybe_crop(test.masks),
+                                        pro_mode=mcfg["pro_mode"], fpr_limit=mcfg["pro_fpr_limit"])
+            protocol.write_scores(scores_path, holdout=holdout.rows, holdout_scores=holdout_scores,
+                                  test=test.rows, test_scores=test_scores, test_maps=test_maps, maps_path=maps_path)
+            write_parquet(history_path, history)
+            record = job.write_metrics(metrics_path, metrics={**metrics, **diffusion_metrics}, extra={
+                "amp": amp, "max_norm": dcfg["max_norm"], "da_bn": dcfg["da_bn"],
+                "center_crop": bool(size >= CROP_FROM), "image_size": size, "pro_mode": mcfg["pro_mode"]})
     log.info("ddad: %s seed %d image AUROC %s pixel AUROC %s in %.1fs", dataset, seed,
-             metrics.get("image_auroc"), metrics.get("pixel_auroc"), timer.seconds)
+             metrics.get("image_auroc"), metrics.get("pixel_auroc"), job.elapsed())
     return record
