@@ -149,7 +149,7 @@ def run_clustering(
     import pandas as pd
 
     from defectbench.anomaly.embedding import embed_patches, patch_extractor
-    from defectbench.data.cache import split_images
+    from defectbench.data.cache import SplitCache
     from defectbench.metrics.clustering import clustering_metrics, hungarian_match
     from defectbench.runtime import pick_device, seed_everything, write_metrics, write_parquet
 
@@ -157,14 +157,15 @@ def run_clustering(
     cl_cfg, pc_cfg = cfg["clustering"], cfg["patchcore"]
     seed_everything(seed)
     device = pick_device(cfg["device"])
-    test_images, images = split_images(cache_path, split_path, ["test"])
+    data = SplitCache(split_path, cache_path)
     try:
         manifest = pd.read_parquet(manifest_path, columns=["is_anomalous"])
     except FileNotFoundError:
         raise DefectbenchError(f"{manifest_path}: manifest not found; run the build_manifest rule") from None
+    images = data.split[data.split["subset"] == "test"].copy()
     images["is_anomalous"] = manifest["is_anomalous"].to_numpy()[images["row"].to_numpy()]
     if not cl_cfg["include_normal"]:
-        test_images, images = test_images[images["is_anomalous"].to_numpy()], images[images["is_anomalous"]]
+        images = images[images["is_anomalous"]]
     if len(images) < 2:
         raise DefectbenchError(f"{split_path}: fewer than 2 images to cluster; check the dataset's clustering task")
     labels = images["label"].to_numpy().astype(int)
@@ -174,16 +175,17 @@ def run_clustering(
                     patchsize=pc_cfg["patchsize"], layernorm=cl_cfg["layernorm"],
                     batch_size=pc_cfg["batch_size"], device=device)
     log.info("clustering %s: %d images, k=%d, backbone %s", dataset, len(images), k, pc_cfg["backbone"])
-    emb, _ = embed_patches(extractor, test_images, **embed_kw)
+    emb, _ = embed_patches(extractor, data.take(images).images, **embed_kw)
     references = None
     if "supervised" in metrics_paths:
         if reference_split_path is None:
             raise DefectbenchError("clustering: 'supervised' weighting needs the anomaly split of the dataset")
-        train_images, train = split_images(cache_path, reference_split_path, ["train"])
-        usable = ((train["label"] == 0) & ~train["row"].isin(images["row"])).to_numpy()
-        if not usable.any():
+        ref = SplitCache(reference_split_path, cache_path)
+        ref_rows = ref.split[(ref.split["subset"] == "train") & (ref.split["label"] == 0)]
+        ref_rows = ref_rows[~ref_rows["row"].isin(images["row"])]
+        if len(ref_rows) == 0:
             raise DefectbenchError(f"{reference_split_path}: no nominal train images to use as references")
-        references, _ = embed_patches(extractor, train_images[usable], **embed_kw)
+        references, _ = embed_patches(extractor, ref.take(ref_rows).images, **embed_kw)
     records = {}
     for weighting, metrics_path in metrics_paths.items():
         t0 = time.perf_counter()
