@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from defectbench.anomaly import protocol
 from defectbench.anomaly.coreset import greedy_coreset
 from defectbench.anomaly.embedding import embed_patches, patch_extractor
 from defectbench.anomaly.neighbours import nearest_neighbors
@@ -179,8 +180,6 @@ def run_patchcore(
     scores.parquet, maps.npy); metrics.json adds the timings and the memory bank size. Runs in
     :func:`defectbench.runtime.stage_job`; PatchCore has no mixed precision (``amp`` none).
     """
-    from defectbench.anomaly import protocol
-
     pc_cfg = cfg["patchcore"]
     metrics_cfg = cfg["metrics"]
     keys = {"dataset": dataset, "seed": int(seed), "scorer": "patchcore", "features": pc_cfg["backbone"]}

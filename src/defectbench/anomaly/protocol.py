@@ -20,9 +20,10 @@ model has scored images. The image-level scorers (:mod:`defectbench.anomaly.imag
 Map sample: up to :data:`MAP_SAMPLES` (16) test maps, half anomalous and half nominal (the other
 class fills in when one is short), each class's picks spread evenly over its test images. The
 test set is sorted by row (= by file path), so spreading covers every defect type instead of the
-first few files of the first one. float32, not float16: a kept map's maximum equals the image
-score where the score is the map maximum (DDAD), and PatchCore's squared distances of unnormalised
-features can exceed float16's 65504; 16 maps at 224 px are 3.2 MB.
+first few files of the first one. float32, not float16: a kept map holds exactly the values the
+metrics saw (DDAD's image score is its map's maximum), and float16 keeps about 3 significant
+digits and overflows above 65504 (PatchCore's squared distances are unbounded); 16 maps at 224 px
+are 3.2 MB.
 
 >>> import numpy as np
 >>> sample_maps(np.array([0, 0, 0, 1, 1, 1, 1, 1]), n=4).tolist()

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectbench.anomaly import protocol
 from defectbench.diffusion.ddpm import (
     alpha_bar,
     eps_fn,
@@ -327,7 +328,6 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
     table, so a row from an untrained model is not read as a DDAD result) and its final loss and
     reconstruction errors are copied as ``diffusion_*`` metrics.
     """
-    from defectbench.anomaly import protocol
     from defectbench.train import checkpointed
 
     dcfg, mcfg = cfg["ddad"], cfg["metrics"]
