@@ -178,3 +178,24 @@ def test_extract_anomaly_features_from_encoder_file(tmp_path):
     assert feats == pytest.approx(extract_features(net, images, torch.device("cpu")), abs=1e-4)
     with pytest.raises(DefectbenchError, match="backbone"):
         extract_anomaly_features(backbone="resnet50", **kwargs)
+
+
+def test_score_anomaly_job_never_imports_torch(tmp_path):
+    # a numpy-only stage: its config slice has no device, so stage_job picks none (no torch start-up)
+    import subprocess
+    import sys
+
+    split = _anomaly_split()
+    split.to_parquet(tmp_path / "split.parquet")
+    np.savez(tmp_path / "features.npz", rows=np.arange(len(split)),
+             features=np.random.default_rng(0).normal(size=(len(split), 3)).astype(np.float32))
+    cfg = {"protocol": "clean", "anomaly": {"knn_k": 2, "threshold_quantile": 0.9, "refit_on_holdout": False}}
+    code = (
+        "import json, sys\n"
+        "from defectbench.anomaly.image_level import score_anomaly\n"
+        f"r = score_anomaly(features_path={str(tmp_path / 'features.npz')!r}, split_path={str(tmp_path / 'split.parquet')!r},"
+        f" outputs={{'knn': ({str(tmp_path / 'm.json')!r}, {str(tmp_path / 's.parquet')!r})}}, cfg={cfg!r},"
+        " dataset='toy', features='simclr', backbone='resnet18', seed=0)\n"
+        "print(json.dumps(['torch' in sys.modules, r['knn']['device']]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, "cpu"]  # no provenance file: cpu
