@@ -19,11 +19,12 @@ def cluster_inputs(wildcards):
 
 @register_targets
 def clustering_targets():
-    # clustering.features is validated against registry.CLUSTERING_FEATURES ('patchcore' only).
+    # clustering.features is validated against registry.CLUSTERING_FEATURES ('patchcore' only);
+    # clustering.controls adds the positive control's rows ('oracle': label-made features).
     return expand(
         "results/clustering/{weighting}/{features}/{dataset}/seed{seed}/metrics.json",
         weighting=CLUSTER_WEIGHTINGS,
-        features=config["patchcore"]["backbone"],
+        features=[config["patchcore"]["backbone"], *config["clustering"]["controls"]],
         dataset=datasets_with("clustering"),
         seed=SEEDS,
     )

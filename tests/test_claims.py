@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -101,6 +102,32 @@ def test_verdicts_follow_the_rule():
     assert df.loc["missing_method", "verdict"] == "not testable"
     assert "no method rows" in df.loc["missing_method", "reason"]
     assert df.loc["missing_control", "verdict"] == "not testable" and "control did not run" in df.loc["missing_control", "reason"]
+
+
+def test_budget_curve_points_count_only_for_claims_about_them():
+    """A budget curve's SimCLR points (more epochs: here far better) are not SimCLR's table row."""
+    table = _classification_table()
+    budget = pd.DataFrame([{"dataset": "neu", "method": "simclr", "labels_pct": 100.0, "seed": s, "protocol": "clean",
+                            "accuracy": 0.95, "budget_epochs": 40, "image_size": 64} for s in range(3)])
+    table = pd.concat([table, budget], ignore_index=True)
+    table["budget_epochs"] = table["budget_epochs"].astype("Int64")
+    df = evaluate_claims([_claim("main", "diffcl", "simclr"),
+                          _claim("budget", "simclr", "diffcl", where={"labels_pct": 100, "budget_epochs": 40})],
+                         {"classification": table}).set_index("claim_id")
+    assert df.loc["main", "baseline_mean"] == pytest.approx(0.7166667, abs=1e-6) and df.loc["main", "verdict"] == "holds"
+    # a claim about the 40-epoch point reads it: simclr 0.95 vs diffcl's (non-budget) rows... none at 40 epochs
+    assert df.loc["budget", "method_mean"] == pytest.approx(0.95) and df.loc["budget", "verdict"] == "not testable"
+
+
+def test_a_method_below_its_control_is_not_testable_even_when_it_beats_the_baseline():
+    """gca beats a weaker baseline by a wide margin, but not its random control: not testable."""
+    table = _classification_table()
+    weak = pd.DataFrame([{"dataset": "neu", "method": "weak", "labels_pct": 100.0, "seed": s, "protocol": "clean",
+                          "accuracy": v} for s, v in enumerate([0.20, 0.22, 0.21])])
+    df = evaluate_claims([_claim("c", "gca", "weak")], {"classification": pd.concat([table, weak])})
+    r = df.iloc[0]
+    assert r["diff_lower"] > 0.2 and r["control_diff_lower"] < 0
+    assert r["verdict"] == "not testable" and "does not beat its control" in r["reason"]
 
 
 def test_one_seed_is_not_testable_and_datasets_give_one_row_each():
@@ -227,3 +254,86 @@ def test_bootstrap_over_test_images_can_overrule_agreeing_seeds(tmp_path):
     # without the job files (no root) only the seed rule speaks
     no_files = evaluate_claims(claims, {"classification": table}).set_index("claim_id")
     assert no_files["boot_lower"].isna().all() and (no_files["verdict"] == "holds").all()
+
+
+def _tables_with_claims(tmp_path):
+    """The committed reference tables plus a claims table evaluated on them."""
+    committed = ROOT / "results" / "reference" / "tables"
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    for parquet in committed.glob("*.parquet"):
+        (tables_dir / parquet.name).write_bytes(parquet.read_bytes())
+    write_claims(ROOT / "config" / "published" / "claims.yaml", tables_dir)
+    return tables_dir
+
+
+def test_reference_readme_must_lead_with_the_claims_marker(tmp_path):
+    from defectbench import reference
+
+    tables_dir = _tables_with_claims(tmp_path)
+    sections = reference.render_sections(tables_dir)
+    others = "".join(f"<!-- generated:{n} -->\nold\n<!-- /generated:{n} -->\n\n" for n in sections if n != "claims")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Reference\n\n" + others)  # no claims marker: the verdicts would not be shown
+    with pytest.raises(DefectbenchError, match="no marker for generated section.*claims"):
+        reference.update_readme(readme, tables_dir)
+    readme.write_text("# Reference\n\n" + others + "<!-- generated:claims -->\n<!-- /generated:claims -->\n")
+    with pytest.raises(DefectbenchError, match="claims table must be the first"):
+        reference.update_readme(readme, tables_dir)
+    with pytest.raises(DefectbenchError, match="claims table must be the first"):
+        reference.main([str(tmp_path), "--check"])
+    readme.write_text("# Reference\n\n<!-- generated:claims -->\n<!-- /generated:claims -->\n\n" + others)
+    assert reference.update_readme(readme, tables_dir)
+    text = readme.read_text()
+    assert reference.readme_sections(text)["claims"] == sections["claims"]
+    assert text.index("generated:claims") < text.index("generated:diffcl-neu")
+
+
+def test_determinism_note_names_the_accuracy_claims_within_the_machine_spread(tmp_path):
+    from defectbench import reference
+
+    tables_dir = _tables_with_claims(tmp_path)
+    df = pd.read_parquet(tables_dir / "claims.parquet")
+    acc = df[(df["metric"] == "accuracy") & df["diff_mean"].notna()]
+    small, large = acc["diff_mean"].abs().min(), acc["diff_mean"].abs().max()
+    runs = [{"threads": 1, "isa": "native"}, {"threads": 2, "isa": "avx2"}]
+    record = {"job": "tiny", "runs": runs, "summary": {
+        "accuracy_spread": (small + large) / 2, "loss_spread": 0.05, "accuracy_tolerance": 0.01,
+        "loss_tolerance": 0.01, "sensitive": True}}
+    (tables_dir / "determinism.json").write_text(json.dumps(record))
+    note = reference.render_sections(tables_dir)["determinism"]
+    assert list(reference.render_sections(tables_dir))[:2] == ["claims", "determinism"]
+    assert "**sensitive**" in note and "1 thread(s)/native, 2 thread(s)/avx2" in note
+    within = acc[acc["diff_mean"].abs() <= (small + large) / 2]
+    assert 0 < len(within) < len(acc)
+    for _, r in within.iterrows():
+        assert f"{r['claim']} on {r['dataset']} (Δ {r['diff_mean']:+.4f})" in note
+    for _, r in acc.drop(within.index).iterrows():
+        assert f"(Δ {r['diff_mean']:+.4f})" not in note
+    # within tolerance: no claim is flagged
+    record["summary"]["sensitive"] = False
+    (tables_dir / "determinism.json").write_text(json.dumps(record))
+    note = reference.render_sections(tables_dir)["determinism"]
+    assert "within the tolerance" in note and "Claims whose" not in note
+
+
+def test_reference_clustering_section_shows_the_oracle_control_apart(tmp_path):
+    from defectbench import reference
+
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    committed = ROOT / "results" / "reference" / "tables"
+    for parquet in committed.glob("*.parquet"):
+        (tables_dir / parquet.name).write_bytes(parquet.read_bytes())
+    before = reference.clustering_section(tables_dir)
+    clustering = pd.read_parquet(tables_dir / "clustering.parquet")
+    oracle = clustering.copy()
+    oracle["features"] = "oracle"
+    for metric in ("nmi", "ari", "f1"):
+        oracle[metric] = 1.0
+    pd.concat([clustering, oracle], ignore_index=True).to_parquet(tables_dir / "clustering.parquet")
+    after = reference.clustering_section(tables_dir)
+    assert after.startswith(before)  # the real-feature rows are unchanged (the control is not averaged in)
+    added = after[len(before):].strip().splitlines()
+    assert len(added) == 3 * len(set(clustering["weighting"]))
+    assert all("oracle features (positive control)" in line and "1.000 ± 0.000" in line for line in added)

@@ -16,6 +16,7 @@ from magnetic_tile_fixture import write_magnetic_tile  # noqa: E402
 
 from defectbench.clustering import (  # noqa: E402
     image_embeddings,
+    oracle_patch_embeddings,
     patch_weights,
     run_clustering,
     supervised_distances,
@@ -104,7 +105,7 @@ def test_clustering_end_to_end_on_real_magnetic_tiles(tmp_path):
                    reference_split_path=paths["anomaly"],
                    metrics_paths={w: out / w / "metrics.json" for w in weightings},
                    assignments_paths={w: out / w / "assignments.parquet" for w in weightings},
-                   cfg=cfg, dataset="mt", seed=0)
+                   cfg=cfg, dataset="mt", seed=0, features="resnet18")
     for w in weightings:
         saved = json.loads((out / w / "metrics.json").read_text())
         assert saved["stage"] == "clustering" and saved["weighting"] == w and saved["features"] == "resnet18"
@@ -116,6 +117,49 @@ def test_clustering_end_to_end_on_real_magnetic_tiles(tmp_path):
     cfg["clustering"]["include_normal"] = True
     run_clustering(cache_path=paths["cache"], manifest_path=paths["manifest"], split_path=paths["clustering"],
                    reference_split_path=None, metrics_paths={"average": out / "avg.json"},
-                   assignments_paths={"average": out / "avg.parquet"}, cfg=cfg, dataset="mt", seed=0)
+                   assignments_paths={"average": out / "avg.parquet"}, cfg=cfg, dataset="mt", seed=0,
+                   features="resnet18")
     m = json.loads((out / "avg.json").read_text())["metrics"]
     assert m["n_images"] == 20 and m["n_clusters"] == 6  # + 5 nominal test images as their own class
+
+
+def test_oracle_control_clusters_real_tiles_perfectly_by_the_same_stage(tmp_path):
+    """The positive control: label-made patches through the same weightings, Ward and metrics give
+    NMI/ARI/F1 = 1 on every weighting; the same run on the images' own features need not."""
+    paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
+    out = tmp_path / "out"
+    weightings = ["unsupervised", "supervised", "average"]
+    cfg = {"device": "cpu", "protocol": "clean",
+           "clustering": {"weightings": weightings, "tau": 2.0, "include_normal": True, "train_ratio": 1.0}}
+    records = run_clustering(cache_path=paths["cache"], manifest_path=paths["manifest"], split_path=paths["clustering"],
+                             reference_split_path=paths["anomaly"],
+                             metrics_paths={w: out / w / "metrics.json" for w in weightings},
+                             assignments_paths={w: out / w / "assignments.parquet" for w in weightings},
+                             cfg=cfg, dataset="mt", seed=3, features="oracle")
+    for w in weightings:
+        saved = json.loads((out / w / "metrics.json").read_text())
+        assert saved == json.loads(json.dumps(records[w], default=str))
+        assert saved["features"] == "oracle" and "patchcore" not in saved["config"]
+        m = saved["metrics"]
+        assert m["n_images"] == 20 and m["n_clusters"] == 6
+        assert m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0) and m["f1"] == pytest.approx(1.0)
+        table = pd.read_parquet(out / w / "assignments.parquet")
+        assert (table["matched_label"] == table["label"]).all()
+    with pytest.raises(DefectbenchError, match="features 'wide_resnet50_2'"):
+        run_clustering(cache_path=paths["cache"], manifest_path=paths["manifest"], split_path=paths["clustering"],
+                       reference_split_path=None, metrics_paths={"average": out / "x.json"},
+                       assignments_paths={"average": out / "x.parquet"},
+                       cfg={**cfg, "patchcore": {"backbone": "resnet18"}}, dataset="mt", seed=0,
+                       features="wide_resnet50_2")
+
+
+def test_oracle_embeddings_separate_only_the_labels_they_were_given():
+    labels = np.repeat(np.arange(4), 5)
+    z = oracle_patch_embeddings(labels, 4, seed=0)
+    x = weighted_embeddings(z, "average")
+    assert clustering_metrics(labels, ward_clusters(x.numpy(), 4))["nmi"] == pytest.approx(1.0)
+    # a stage that mixed up images and labels would score near chance on the same control
+    shuffled = np.random.default_rng(0).permutation(labels)
+    assert clustering_metrics(shuffled, ward_clusters(x.numpy(), 4))["nmi"] < 0.5
+    # one patch alone is noisy (not trivially separable): the image embedding's averaging is what separates
+    assert clustering_metrics(labels, ward_clusters(z[:, 0].numpy(), 4))["nmi"] < 1.0

@@ -129,6 +129,20 @@ def test_clustering_reads_the_patchcore_embedding_keys_not_its_coreset():
     assert "tau" not in _job("cluster", average_only, **wc)["clustering"]
 
 
+def test_clustering_oracle_control_reads_no_backbone_keys_and_adds_no_key_to_the_real_jobs():
+    wc = {"dataset": "neu", "seed": "0"}
+    base, layers = _cfg(), _cfg(patchcore={"layers": ["layer3"]}, clustering={"layernorm": False})
+    with_control = _cfg(clustering={"controls": ["oracle"]})
+    oracle = _job("cluster", base, features="oracle", **wc)
+    assert "patchcore" not in oracle and "layernorm" not in oracle["clustering"]
+    assert oracle == _job("cluster", layers, features="oracle", **wc)
+    assert oracle["clustering"]["tau"] == 2.0 and oracle["clustering"]["include_normal"] is True
+    # switching the control on changes no params of the patchcore-feature jobs
+    assert _job("cluster", base, features="wide_resnet50_2", **wc) == _job("cluster", with_control, features="wide_resnet50_2", **wc)
+    with pytest.raises(DefectbenchError, match="controls"):
+        _cfg(clustering={"controls": ["random"]})
+
+
 def test_scorer_jobs_read_their_own_keys_and_leaky_only_when_faithful():
     cfg = _cfg()
     assert _job("score_anomaly", cfg, scorer="knn")["anomaly"]["knn_k"] == 5

@@ -136,6 +136,29 @@ def test_bf16_channels_last_switches_are_recorded(neu, tmp_path):
     assert pd.read_parquet(out / "history.parquet")["amp"].tolist() == ["bf16"]
 
 
+def test_deterministic_config_key_reaches_torch_and_is_recorded(neu, tmp_path):
+    """`deterministic: true` in the config -> the job's params -> torch.use_deterministic_algorithms
+    during the run (the record reads torch's own flag); a job without the key runs with it off."""
+    from defectbench.params import job_params
+
+    config = validate_config({"datasets": {"neu": {"source": {"kind": "directory", "path": "x"}, "layout": "imagefolder"}},
+                              "device": "cpu", "deterministic": True,
+                              "contrastive": {"epochs": 1, "batch_size": 8, "projector": [64, 32], "checkpoint_every": 1}})
+    wc = {"method": "simclr", "dataset": "neu", "backbone": "resnet18", "seed": "0", "task": "classification"}
+    on = job_params("pretrain_contrastive", config, wc)
+    off = job_params("pretrain_contrastive", {**config, "deterministic": False}, wc)
+    assert on["deterministic"] is True and "deterministic" not in off
+    assert job_params("budget_pretrain", config, {**wc, "epochs": "2", "size": "32"})["deterministic"] is True
+    try:
+        _, record = _run(neu, tmp_path, "simclr", on, name="det")
+        assert record["extra"]["deterministic"] is True and torch.are_deterministic_algorithms_enabled()
+        assert record["extra"]["torch_threads"] == torch.get_num_threads()
+        _, record = _run(neu, tmp_path, "simclr", off, name="nondet")
+        assert record["extra"]["deterministic"] is False and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_bad_inputs_are_one_line_errors(neu, tmp_path):
     with pytest.raises(DefectbenchError, match="diffcl needs the diffusion views"):
         _run(neu, tmp_path, "diffcl", views=False, name="noviews")

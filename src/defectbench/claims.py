@@ -10,8 +10,9 @@ The rule (``RULE``), for one claim on one dataset:
 
 1. Rows: the stage table's rows of that dataset with protocol ``clean`` (unless the claim's
    ``where`` says otherwise), filtered by ``where`` and then by each side's own filters
-   (a side's filter overrides ``where`` for the same column). Per seed, a side's value is the
-   mean of its matching rows.
+   (a side's filter overrides ``where`` for the same column). Budget-curve points (rows with a
+   ``budget_epochs``) count only for a claim that filters on ``budget_epochs``: they are other
+   budgets of the same method. Per seed, a side's value is the mean of its matching rows.
 2. Paired over seeds: d_s = s · (method_s − baseline_s), s = +1 for ``direction: higher``,
    −1 for ``lower``, over the seeds both sides ran. With n ≥ 2 pairs, the one-sided 95%
    Student-t bounds are mean(d) ∓ t(0.95, n−1) · sd(d) / √n.
@@ -113,6 +114,8 @@ def load_claims(path: str | Path) -> list[dict[str, Any]]:
 def _side_rows(table: pd.DataFrame, dataset: str, metric: str, filters: Mapping[str, Any]) -> pd.DataFrame:
     """The rows of ``dataset`` matching ``filters`` (column == value) that have ``metric``."""
     rows = table[table["dataset"].astype("string") == dataset]
+    if "budget_epochs" in rows.columns and "budget_epochs" not in filters:
+        rows = rows[rows["budget_epochs"].isna()]
     for col, want in filters.items():
         if col not in rows.columns:
             return pd.Series(dtype=float)

@@ -13,6 +13,11 @@ alpha_i = softmax(d / tau) over the patches of image i (stable; tau = 0 puts all
 max-distance patches, ties split), X_i = sum_p alpha_ip z_p, and Ward agglomerative clustering of
 the X_i into k clusters.
 
+Positive control (``clustering.controls: [oracle]``, features ``oracle``): the same images,
+weightings, Ward clustering and metrics, on patch embeddings made from the test labels
+(:func:`oracle_patch_embeddings`: one-hot of the label plus noise). Any working stage clusters them
+perfectly (NMI 1), so an NMI near chance on the real features is the features', not the stage's.
+
 >>> import torch
 >>> d = torch.tensor([[1.0, 3.0, 3.0]])
 >>> patch_weights(d, tau=0).tolist()
@@ -33,6 +38,26 @@ from defectbench.anomaly.neighbours import nearest_neighbors, query_chunks
 from defectbench.runtime import DefectbenchError
 
 log = logging.getLogger("defectbench")
+
+# The oracle control's patches: 16 per image, each the label's one-hot plus N(0, 0.5^2) per entry.
+# Classes sit sqrt(2) apart; one patch's noise (norm ~0.5 sqrt(k)) blurs them, the image embedding
+# (a weighted mean of 16 patches) does not, unless the stage mixes up images, labels or clusters.
+ORACLE_PATCHES = 16
+ORACLE_NOISE = 0.5
+
+
+def oracle_patch_embeddings(labels: np.ndarray, n_classes: int, seed: int) -> torch.Tensor:
+    """Positive-control patch embeddings (N, ORACLE_PATCHES, n_classes) of images with ``labels``:
+    one-hot(label) + ORACLE_NOISE * N(0, 1) per patch entry, drawn from ``seed``.
+
+    >>> z = oracle_patch_embeddings(np.array([0, 2]), 3, seed=0)
+    >>> tuple(z.shape), z.mean(1).argmax(1).tolist()
+    ((2, 16, 3), [0, 2])
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), n_classes).float()
+    noise = torch.randn(len(labels), ORACLE_PATCHES, n_classes, generator=gen) * ORACLE_NOISE
+    return onehot[:, None, :] + noise
 
 
 def unsupervised_distances(embeddings: torch.Tensor, max_elements: int = 2**24) -> torch.Tensor:
@@ -124,6 +149,23 @@ def ward_clusters(x: np.ndarray, k: int) -> np.ndarray:
     return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(np.asarray(x, dtype=np.float64))
 
 
+def cap_per_label(images: "pandas.DataFrame", cap: int, seed: int) -> "pandas.DataFrame":  # noqa: F821
+    """At most ``cap`` rows per ``label`` (a seeded draw, kept in row order): clustering costs
+    (images x patches)^2, so at 224 px (784 patches an image) only a few dozen images fit a CPU run.
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"row": range(6), "label": [0, 0, 0, 1, 1, 2]})
+    >>> cap_per_label(df, 2, seed=0)["label"].tolist()
+    [0, 0, 1, 1, 2]
+    """
+    from defectbench.data.splits import split_rng
+
+    rng = split_rng(seed, "clustering-cap")
+    keep = [rng.choice(g.index.to_numpy(), size=min(cap, len(g)), replace=False)
+            for _, g in images.sort_values("row").groupby("label", sort=True)]
+    return images.loc[np.sort(np.concatenate(keep))].sort_values("row")
+
+
 # ----------------------------------------------------------------------------- stage
 def run_clustering(
     *,
@@ -136,6 +178,7 @@ def run_clustering(
     cfg: dict[str, Any],
     dataset: str,
     seed: int,
+    features: str,
 ) -> dict[str, dict[str, Any]]:
     """The ``cluster`` rule: embed the clustering images once, then for every weighting in
     ``metrics_paths`` cluster them and write metrics.json + assignments.parquet (row, label,
@@ -145,16 +188,24 @@ def run_clustering(
     false) only when ``clustering.include_normal``. k = number of distinct labels among them.
     References for ``supervised``: the nominal ``train`` images of ``reference_split_path`` (the
     anomaly split), minus any image being clustered.
+
+    ``features``: ``patchcore.backbone`` (its patch embeddings of the images) or ``oracle`` (the
+    positive control: :func:`oracle_patch_embeddings` of the labels; the images are not read).
     """
     import pandas as pd
 
+    from defectbench import registry
     from defectbench.anomaly.embedding import embed_patches, patch_extractor
     from defectbench.data.cache import SplitCache
     from defectbench.metrics.clustering import clustering_metrics, hungarian_match
     from defectbench.runtime import pick_device, seed_everything, write_metrics, write_parquet
 
     start = time.perf_counter()
-    cl_cfg, pc_cfg = cfg["clustering"], cfg["patchcore"]
+    cl_cfg = cfg["clustering"]
+    oracle = features == "oracle"
+    if not oracle and features != cfg["patchcore"]["backbone"]:
+        raise DefectbenchError(f"clustering: features {features!r} are neither 'oracle' nor patchcore.backbone "
+                               f"{cfg['patchcore']['backbone']!r}; check the target path")
     seed_everything(seed)
     device = pick_device(cfg["device"])
     data = SplitCache(split_path, cache_path)
@@ -166,16 +217,28 @@ def run_clustering(
     images["is_anomalous"] = manifest["is_anomalous"].to_numpy()[images["row"].to_numpy()]
     if not cl_cfg["include_normal"]:
         images = images[images["is_anomalous"]]
+    if cl_cfg.get("max_per_class") is not None:  # params carry the key only when a cap is set
+        images = cap_per_label(images, int(cl_cfg["max_per_class"]), seed)
     if len(images) < 2:
         raise DefectbenchError(f"{split_path}: fewer than 2 images to cluster; check the dataset's clustering task")
     labels = images["label"].to_numpy().astype(int)
     k = int(np.unique(labels).size)
-    extractor = patch_extractor(pc_cfg)
-    embed_kw = dict(pretrain_dim=cl_cfg.get("pretrain_dim"), target_dim=cl_cfg.get("target_dim"),
-                    patchsize=pc_cfg["patchsize"], layernorm=cl_cfg["layernorm"],
-                    batch_size=pc_cfg["batch_size"], device=device)
-    log.info("clustering %s: %d images, k=%d, backbone %s", dataset, len(images), k, pc_cfg["backbone"])
-    emb, _ = embed_patches(extractor, data.take(images).images, **embed_kw)
+    n_labels = int(data.split["label"].max()) + 1
+    if oracle:
+        def embed(source: SplitCache, rows: "pd.DataFrame", row_labels: np.ndarray, stream: int) -> torch.Tensor:
+            # stream 0: the images, 1: the references (their own noise draws)
+            return oracle_patch_embeddings(row_labels, n_labels, seed=2 * int(seed) + stream)
+    else:
+        pc_cfg = cfg["patchcore"]
+        extractor = patch_extractor(pc_cfg)
+        embed_kw = dict(pretrain_dim=cl_cfg.get("pretrain_dim"), target_dim=cl_cfg.get("target_dim"),
+                        patchsize=pc_cfg["patchsize"], layernorm=cl_cfg["layernorm"],
+                        batch_size=pc_cfg["batch_size"], device=device)
+
+        def embed(source: SplitCache, rows: "pd.DataFrame", row_labels: np.ndarray, stream: int) -> torch.Tensor:
+            return embed_patches(extractor, source.take(rows).images, **embed_kw)[0]
+    log.info("clustering %s: %d images, k=%d, features %s", dataset, len(images), k, features)
+    emb = embed(data, images, labels, 0)
     references = None
     if "supervised" in metrics_paths:
         if reference_split_path is None:
@@ -185,12 +248,14 @@ def run_clustering(
         ref_rows = ref_rows[~ref_rows["row"].isin(images["row"])]
         if len(ref_rows) == 0:
             raise DefectbenchError(f"{reference_split_path}: no nominal train images to use as references")
-        references, _ = embed_patches(extractor, ref.take(ref_rows).images, **embed_kw)
+        references = embed(ref, ref_rows, np.zeros(len(ref_rows), dtype=int), 1)
     records = {}
     for weighting, metrics_path in metrics_paths.items():
         t0 = time.perf_counter()
-        x = weighted_embeddings(emb, weighting, tau=cl_cfg["tau"], references=references,
-                                train_ratio=cl_cfg["train_ratio"])
+        # only the keys this weighting reads are in the job's params (an average-only job has no tau)
+        reads = registry.entry("clustering_weightings", weighting).reads
+        x = weighted_embeddings(emb, weighting, references=references,
+                                **{key: cl_cfg[key] for key in ("tau", "train_ratio") if key in reads})
         clusters = ward_clusters(x.numpy(), k)
         metrics = clustering_metrics(labels, clusters)
         mapping = hungarian_match(labels, clusters)
@@ -200,7 +265,7 @@ def run_clustering(
         }))
         records[weighting] = write_metrics(
             metrics_path, stage="clustering", metrics=metrics, config=cfg,
-            keys={"dataset": dataset, "seed": int(seed), "weighting": weighting, "features": pc_cfg["backbone"]},
+            keys={"dataset": dataset, "seed": int(seed), "weighting": weighting, "features": features},
             device=str(device), wall_time_s=time.perf_counter() - start,
             extra={"amp": "none", "k": k, "include_normal": bool(cl_cfg["include_normal"]),
                    "weighting_time_s": time.perf_counter() - t0},

@@ -104,6 +104,12 @@ def method_params(config: Mapping[str, Any], method: str) -> dict[str, Any]:
     return config["contrastive"]["method_params"][method]
 
 
+def determinism(config) -> Params:
+    """``deterministic: true`` for a torch job's params; the default (false, torch's own default)
+    adds no key, so existing results keep their params and do not rerun."""
+    return {"deterministic": True} if config["deterministic"] else {}
+
+
 def pretrain_contrastive(config, wc) -> Params:
     method = wc["method"]
     ccfg = config["contrastive"]
@@ -111,7 +117,7 @@ def pretrain_contrastive(config, wc) -> Params:
     if "temperature" in registry.entry("contrastive_methods", method).reads:
         section["temperature"] = ccfg["temperature"]
     section["method_params"] = {method: method_params(config, method)}
-    return {"device": config["device"], "protocol": config["protocol"], "contrastive": section}
+    return {"device": config["device"], "protocol": config["protocol"], **determinism(config), "contrastive": section}
 
 
 def train_supervised(config, wc) -> Params:
@@ -182,6 +188,9 @@ CLUSTERING_PATCHCORE_KEYS = ["backbone", "layers", "pretrained", "patchsize", "b
 def cluster(config, wc) -> Params:
     ccfg = config["clustering"]
     weight_keys = {key for w in ccfg["weightings"] for key in registry.entry("clustering_weightings", w).reads}
+    if wc["features"] == "oracle":  # the positive control embeds labels, not images: no backbone keys
+        keys = ["include_normal", *sorted(weight_keys & set(ccfg))]
+        return {"device": config["device"], "protocol": config["protocol"], "clustering": _pick(ccfg, keys)}
     keys = ["include_normal", "layernorm", "pretrain_dim", "target_dim", *sorted(weight_keys & set(ccfg))]
     return {"device": config["device"], "protocol": config["protocol"], "clustering": _pick(ccfg, keys),
             "patchcore": _pick(config["patchcore"], CLUSTERING_PATCHCORE_KEYS)}

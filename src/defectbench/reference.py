@@ -13,6 +13,7 @@ committed README matches, so no number in it can drift from the data.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -44,6 +45,7 @@ ANOMALY_PAPERS = [
 ]
 CLUSTERING_PAPER = ("anomaly_clustering", r"MVTec AD texture categories", "Anomaly Clustering WideResNet50, {} weights")
 WEIGHTINGS = registry.names("clustering_weightings")
+CLUSTERING_CONTROLS = ["oracle"]
 
 
 def _stat(values: pd.Series) -> tuple[float, float, int]:
@@ -73,6 +75,12 @@ def _read(tables_dir: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def _without_budget_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The classification rows of the run's own budget: a budget curve's points (rows with a
+    ``budget_epochs``) are the same method at other budgets and have a figure of their own."""
+    return df[df["budget_epochs"].isna()] if "budget_epochs" in df.columns else df
+
+
 def diffcl_section(tables_dir: Path, comparison: str) -> str:
     """The DiffCL seed table (NEU-CLS or PCB): every method, paper vs ours (linear probe, 100% labels)."""
     df = _read(tables_dir, f"comparison_{comparison}")
@@ -99,7 +107,7 @@ def diffcl_section(tables_dir: Path, comparison: str) -> str:
 
 def label_efficiency_section(tables_dir: Path) -> str:
     """Every encoder and the supervised baseline at each label fraction (accuracy, macro F1)."""
-    df = _read(tables_dir, "classification")
+    df = _without_budget_points(_read(tables_dir, "classification"))
     fractions = sorted(df["labels_pct"].dropna().unique())
     header = ["dataset", "method"] + [f"{m} @ {int(p)}% labels" for p in fractions for m in ("accuracy", "macro F1")]
     order = {m: i for i, m in enumerate(CONTRASTIVE_ORDER + ["supervised"])}
@@ -118,7 +126,7 @@ def label_efficiency_section(tables_dir: Path) -> str:
 def supervised_vs_simclr_section(tables_dir: Path) -> str:
     """Seed 002's two headline rows (MVTec, binary) beside our NEU and PCB rows (multi-class)."""
     comp = _read(tables_dir, "comparison_supervised_vs_simclr")
-    cls = _read(tables_dir, "classification")
+    cls = _without_budget_points(_read(tables_dir, "classification"))
     datasets = sorted(cls["dataset"].unique())
     header = ["setting", "metric", "paper (MVTec AD, good vs defective)"] + [f"ours {d} (Δ)" for d in datasets]
     rows = []
@@ -184,8 +192,11 @@ def anomaly_papers_section(tables_dir: Path) -> str:
 
 
 def clustering_section(tables_dir: Path) -> str:
-    """Each α weighting on each dataset, beside the re-implementation's MVTec texture numbers."""
-    ours = _read(tables_dir, "clustering")
+    """Each α weighting on each dataset, beside the re-implementation's MVTec texture numbers; then
+    the positive control's rows (features ``oracle``), which a working stage scores 1.000."""
+    clustering = _read(tables_dir, "clustering")
+    is_control = clustering["features"].astype("string").isin(CLUSTERING_CONTROLS).fillna(False).astype(bool)
+    ours, controls = clustering[~is_control], clustering[is_control]
     comparison, dataset_re, method_fmt = CLUSTERING_PAPER
     comp = _read(tables_dir, f"comparison_{comparison}")
     datasets = [d for d in ANOMALY_DATASETS if d in set(ours["dataset"])]
@@ -201,7 +212,37 @@ def clustering_section(tables_dir: Path) -> str:
                 mean, std, _ = _stat(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])
                 cells.append(f"{_fmt(mean, std)} ({_delta(mean, paper)})")
             rows.append([w, metric.upper() if metric != "f1" else "F1", _fmt(paper), *cells])
+    for (features, w), g in controls.groupby(["features", "weighting"], sort=True):
+        for metric in ("nmi", "ari", "f1"):
+            cells = [_fmt(*_stat(g[g["dataset"] == d][metric])[:2]) for d in datasets]
+            rows.append([f"{w}, {features} features (positive control)", metric.upper() if metric != "f1" else "F1",
+                         "—", *cells])
     return _table(header, rows)
+
+
+def determinism_section(record: dict) -> str:
+    """The measured spread of one job across thread counts and instruction sets
+    (benchmarks/determinism.py's JSON), and the accuracy claims whose Δ it could overturn."""
+    s = record["summary"]
+    verdict = ("above the tolerance: rows of trained encoders are **sensitive** to the machine"
+               if s["sensitive"] else "within the tolerance")
+    settings = sorted({(r["threads"], r["isa"]) for r in record["runs"]})
+    return (f"NEU SimCLR + probe ({record['job']}) over {len(record['runs'])} runs on "
+            f"{', '.join(f'{threads} thread(s)/{isa}' for threads, isa in settings)}, with and "
+            f"without `deterministic`: probe accuracy spread {s['accuracy_spread']:.4f} (tolerance "
+            f"{s['accuracy_tolerance']}), final loss spread {s['loss_spread']:.4f} (tolerance {s['loss_tolerance']}): "
+            f"{verdict}.")
+
+
+def sensitive_claims(claims: pd.DataFrame, record: dict) -> pd.DataFrame:
+    """Accuracy claims whose |Δ mean| is within the measured machine spread of accuracy (only
+    when that spread exceeds its tolerance): another CPU or thread count could move them by as
+    much as their own size."""
+    s = record["summary"]
+    if not s["sensitive"]:
+        return claims.iloc[0:0]
+    hit = (claims["metric"] == "accuracy") & (claims["diff_mean"].abs() <= s["accuracy_spread"])
+    return claims[hit.fillna(False).astype(bool)]
 
 
 def render_sections(tables_dir: str | Path) -> dict[str, str]:
@@ -209,6 +250,13 @@ def render_sections(tables_dir: str | Path) -> dict[str, str]:
     t = Path(tables_dir)
     # the claims table leads the README once a run has produced it (runs before issue 16 did not)
     claims = {"claims": claims_table_markdown(pd.read_parquet(t / "claims.parquet"))} if (t / "claims.parquet").is_file() else {}
+    if claims and (t / "determinism.json").is_file():
+        record = json.loads((t / "determinism.json").read_text())
+        sensitive = sensitive_claims(pd.read_parquet(t / "claims.parquet"), record)
+        claims["determinism"] = determinism_section(record) + (
+            " Claims whose Δ is within that spread: " + "; ".join(
+                f"{r['claim']} on {r['dataset']} (Δ {r['diff_mean']:+.4f})" for _, r in sensitive.iterrows())
+            + "." if len(sensitive) else "")
     return {
         **claims,
         "diffcl-neu": diffcl_section(t, "diffcl_neu"),
@@ -229,14 +277,27 @@ def readme_sections(text: str) -> dict[str, str]:
     return {m["name"]: m["body"] for m in _SECTION.finditer(text)}
 
 
+def check_markers(readme: Path, text: str, sections: dict[str, str]) -> None:
+    """Every rendered section has its marker and no marker is unknown; with a claims table, the
+    README's first generated section is the claims table (the verdicts lead, not the prose)."""
+    present = list(readme_sections(text))
+    unknown, missing = set(present) - set(sections), [n for n in sections if n not in present]
+    if unknown:
+        raise DefectbenchError(f"{readme}: unknown generated section(s) {', '.join(sorted(unknown))}")
+    if missing:
+        raise DefectbenchError(f"{readme}: no marker for generated section(s) {', '.join(missing)}; add "
+                               + ", ".join(f"<!-- generated:{n} --><!-- /generated:{n} -->" for n in missing))
+    if "claims" in sections and present[0] != "claims":
+        raise DefectbenchError(f"{readme}: the claims table must be the first generated section (it is "
+                               f"'{present[0]}'); move <!-- generated:claims --> above the other tables")
+
+
 def update_readme(readme: str | Path, tables_dir: str | Path) -> bool:
     """Rewrite the generated sections of ``readme`` in place; return whether anything changed."""
     readme = Path(readme)
     text = readme.read_text()
     sections = render_sections(tables_dir)
-    unknown = set(readme_sections(text)) - set(sections)
-    if unknown:
-        raise DefectbenchError(f"{readme}: unknown generated section(s) {', '.join(sorted(unknown))}")
+    check_markers(readme, text, sections)
     new = _SECTION.sub(
         lambda m: f"<!-- generated:{m['name']} -->\n{sections[m['name']]}\n<!-- /generated:{m['name']} -->", text)
     if new != text:
@@ -252,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     readme, tables_dir = args.reference_dir / "README.md", args.reference_dir / "tables"
     if args.check:
-        stale = [n for n, body in readme_sections(readme.read_text()).items()
-                 if render_sections(tables_dir)[n] != body]
+        sections = render_sections(tables_dir)
+        check_markers(readme, readme.read_text(), sections)
+        stale = [n for n, body in readme_sections(readme.read_text()).items() if sections[n] != body]
         if stale:
             print(f"{readme}: stale section(s) {', '.join(stale)}; run python -m defectbench.reference {args.reference_dir}")
             return 1

@@ -63,6 +63,22 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def set_deterministic(enabled: bool) -> None:
+    """``torch.use_deterministic_algorithms(enabled)`` for the ``deterministic`` config key.
+
+    One small hook for every torch stage's set-up: call it once at the start of a job, before its
+    first CUDA GEMM (cuBLAS reads its workspace setting then). On CUDA it selects deterministic
+    kernels (and fails loudly on an op that has none) and turns cuDNN's autotuner off. On CPU see
+    benchmarks/results/determinism.md for what it does and does not fix.
+    """
+    import torch
+
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled)
+
+
 def autocast_context(device: "torch.device", amp: str | bool | None):  # noqa: F821
     """Mixed precision as configured: ``none``/False, ``bf16`` or ``fp16`` (fp16 only on CUDA).
 

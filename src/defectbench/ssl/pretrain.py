@@ -36,7 +36,7 @@ from defectbench.models.backbones import build_backbone
 from defectbench.models.encoders import save_encoder
 from defectbench.models.projector import ContrastiveModel
 from defectbench.runtime import (
-    DefectbenchError, effective_amp, pick_device, seed_everything, write_metrics, write_parquet,
+    DefectbenchError, effective_amp, pick_device, seed_everything, set_deterministic, write_metrics, write_parquet,
 )
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params, weaker
 from defectbench.train import epoch_generator, job_checkpoint, train_loop
@@ -136,6 +136,7 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
     t_start = time.perf_counter()
     device = pick_device(cfg["device"])
     amp = effective_amp(device, ccfg["amp"])
+    set_deterministic(cfg.get("deterministic", False))  # params carry the key only when true
     seed_everything(seed)
     rows, labels_np, images_np = _read_train(split_path, cache_path)
     images = torch.from_numpy(images_np).to(device)
@@ -237,7 +238,8 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
         config=cfg, keys={"dataset": dataset, "method": method_label(method, needs_views, kwargs), "backbone": backbone,
                           "seed": seed, "task": task},
         device=str(device), wall_time_s=time.perf_counter() - t_start,
-        extra={"amp": amp, "channels_last": channels_last, "augment_preset": preset, "augment": aug.as_dict(),
+        extra={"amp": amp, "channels_last": channels_last, "deterministic": torch.are_deterministic_algorithms_enabled(),
+               "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "augment_preset": preset, "augment": aug.as_dict(),
                "loss_params": kwargs, "diffcl_variant": variant if method == "diffcl" else None,
                "fairkl_bias": ("real_vs_generated" if needs_views else "none (weight 0: eps-SupInfoNCE only)")
                if method == "fairkl" else None,
