@@ -153,6 +153,23 @@ def test_oracle_control_clusters_real_tiles_perfectly_by_the_same_stage(tmp_path
                        features="wide_resnet50_2")
 
 
+def test_clustering_cap_draws_per_label_and_is_seeded(tmp_path):
+    paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
+    cfg = {"device": "cpu", "protocol": "clean",
+           "clustering": {"weightings": ["average"], "include_normal": True, "max_per_class": 2}}
+    rows = {}
+    for seed in (0, 0, 1):
+        out = tmp_path / f"s{seed}-{len(rows)}"
+        run_clustering(cache_path=paths["cache"], manifest_path=paths["manifest"], split_path=paths["clustering"],
+                       reference_split_path=None, metrics_paths={"average": out / "m.json"},
+                       assignments_paths={"average": out / "a.parquet"}, cfg=cfg, dataset="mt", seed=seed,
+                       features="oracle")
+        table = pd.read_parquet(out / "a.parquet")
+        assert table["label"].value_counts().tolist() == [2] * 6  # 5 nominal test images and 3 per type -> 2 each
+        rows.setdefault(seed, []).append(table["row"].tolist())
+    assert rows[0][0] == rows[0][1] and rows[0][0] != rows[1][0]
+
+
 def test_oracle_embeddings_separate_only_the_labels_they_were_given():
     labels = np.repeat(np.arange(4), 5)
     z = oracle_patch_embeddings(labels, 4, seed=0)

@@ -141,6 +141,11 @@ def test_clustering_oracle_control_reads_no_backbone_keys_and_adds_no_key_to_the
     assert _job("cluster", base, features="wide_resnet50_2", **wc) == _job("cluster", with_control, features="wide_resnet50_2", **wc)
     with pytest.raises(DefectbenchError, match="controls"):
         _cfg(clustering={"controls": ["random"]})
+    # the image cap reaches both kinds of job only when set
+    capped = _cfg(clustering={"max_per_class": 8})
+    assert "max_per_class" not in _job("cluster", base, features="wide_resnet50_2", **wc)["clustering"]
+    assert _job("cluster", capped, features="wide_resnet50_2", **wc)["clustering"]["max_per_class"] == 8
+    assert _job("cluster", capped, features="oracle", **wc)["clustering"]["max_per_class"] == 8
 
 
 def test_scorer_jobs_read_their_own_keys_and_leaky_only_when_faithful():

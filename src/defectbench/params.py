@@ -188,10 +188,12 @@ CLUSTERING_PATCHCORE_KEYS = ["backbone", "layers", "pretrained", "patchsize", "b
 def cluster(config, wc) -> Params:
     ccfg = config["clustering"]
     weight_keys = {key for w in ccfg["weightings"] for key in registry.entry("clustering_weightings", w).reads}
+    # max_per_class only when set: the default (no cap) adds no key, so existing results keep their params
+    cap = ["max_per_class"] if ccfg["max_per_class"] is not None else []
     if wc["features"] == "oracle":  # the positive control embeds labels, not images: no backbone keys
-        keys = ["include_normal", *sorted(weight_keys & set(ccfg))]
+        keys = ["include_normal", *cap, *sorted(weight_keys & set(ccfg))]
         return {"device": config["device"], "protocol": config["protocol"], "clustering": _pick(ccfg, keys)}
-    keys = ["include_normal", "layernorm", "pretrain_dim", "target_dim", *sorted(weight_keys & set(ccfg))]
+    keys = ["include_normal", *cap, "layernorm", "pretrain_dim", "target_dim", *sorted(weight_keys & set(ccfg))]
     return {"device": config["device"], "protocol": config["protocol"], "clustering": _pick(ccfg, keys),
             "patchcore": _pick(config["patchcore"], CLUSTERING_PATCHCORE_KEYS)}
 
