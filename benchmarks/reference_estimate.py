@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--timing-config", type=Path, required=True)
     ap.add_argument("--config", type=Path, default=ROOT / "config" / "reference-next.yaml")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--note", default="", help="a sentence on how the timing runs were made (machine, load, switches)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "reference_estimate.md")
     args = ap.parse_args()
     from defectbench.config import load_config
@@ -166,6 +167,7 @@ def main() -> None:
     lines = [f"# Run estimate: `{args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}`", "",
              f"Command: `python benchmarks/reference_estimate.py --config {args.config.name} ...` (per-job CPU seconds "
              f"from a timing run of `{args.timing_config.name}`, scaled as the script's docstring says).", "",
+             *([args.note, ""] if args.note else []),
              "| rule | jobs | CPU s per job (mean) | CPU s total | source |", "|---|---|---|---|---|"]
     for rule, values in sorted(per_rule.items(), key=lambda kv: -sum(kv[1])):
         lines.append(f"| {rule} | {len(values)} | {sum(values) / len(values):.1f} | {sum(values):.0f} | "
@@ -173,6 +175,8 @@ def main() -> None:
     used = sorted(rule for rule, hows in how_by_rule.items() if "assumed" in hows and ASSUMED.get(rule, (0, ""))[1])
     lines += ["", "Assumed per-job costs (not timed here; basis): " + "; ".join(
         f"{rule} {ASSUMED[rule][0]:.0f} s ({ASSUMED[rule][1]})" for rule in used if ASSUMED[rule][0] is not None) + "."]
+    lines += ["", "Measured jobs (CPU s, Snakemake benchmark files; the timing config's epochs, 1 thread): " + "; ".join(
+        f"`{path.removeprefix('logs/benchmarks/').removesuffix('.tsv')}` {cpu:.1f}" for path, cpu in sorted(costs.items())) + "."]
     lines += ["", f"Total: {sum(len(v) for v in per_rule.values())} jobs, {total:.0f} CPU s = {total / 3600:.2f} CPU h; "
               f"on {args.cores} idle cores (1-thread jobs, ideal packing): **{total / args.cores / 60:.0f} min** wall."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
