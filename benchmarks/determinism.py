@@ -72,16 +72,21 @@ def bench_config(config_path: Path, epochs: int | None) -> dict:
     return validate_config(config)
 
 
+def report_files(config: dict) -> dict[str, Path]:
+    """Where the pipeline's data rules put the NEU cache, manifest and classification split."""
+    size = config["datasets"][DATASET]["image_size"]
+    return {"cache": WORK / f"results/data/{DATASET}/cache-{size}.npy",
+            "manifest": WORK / f"results/data/{DATASET}/manifest.parquet",
+            "split": WORK / f"results/data/{DATASET}/splits/classification-seed{SEED}.parquet"}
+
+
 def prepare_data(config: dict) -> dict[str, Path]:
     """The NEU cache, manifest and classification split, made by the pipeline's data rules."""
     import yaml
 
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    size = config["datasets"][DATASET]["image_size"]
-    files = {"cache": WORK / f"results/data/{DATASET}/cache-{size}.npy",
-             "manifest": WORK / f"results/data/{DATASET}/manifest.parquet",
-             "split": WORK / f"results/data/{DATASET}/splits/classification-seed{SEED}.parquet"}
+    files = report_files(config)
     # targets first: --configfile and --quiet take every following argument
     subprocess.run([sys.executable, "-m", "snakemake", *[str(p.relative_to(WORK)) for p in files.values()],
                     "-s", str(ROOT / "Snakefile"), "--directory", str(WORK), "--cores", "1",
@@ -134,11 +139,13 @@ def spread(values: list[float]) -> float:
 
 def markdown(record: dict) -> str:
     rows = record["runs"]
+    start, end = record["load"]
+    load = record["load_note"] or f"load average {start:.1f} at start, {end:.1f} at end"
     lines = [
         "# Determinism: NEU SimCLR + converged probe across thread counts, ISAs and `deterministic`",
         "",
         f"Command: `python benchmarks/determinism.py{record['args']}` (one run, {record['date']}).",
-        f"Machine: {record['machine']}; load average {record['load'][0]:.1f} at start, {record['load'][1]:.1f} at end; "
+        f"Machine: {record['machine']}; {load}; "
         f"torch {record['torch']}.",
         f"Job: {record['job']}.",
         "",
@@ -173,6 +180,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override contrastive.epochs (default: the config's)")
     ap.add_argument("--variants", default=None, help="comma-separated indices into VARIANTS (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "determinism")
+    ap.add_argument("--load-note", default=None, help="the load during the runs, when the report is written later")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the report from the variants finished by earlier calls (run nothing)")
     for name in ("child_config", "child_files", "child_out"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
@@ -184,7 +194,9 @@ def main() -> None:
     import torch
 
     config = bench_config(args.config, args.epochs)
-    files = prepare_data(config)
+    if args.report_only:  # the config the variants ran with (the config file may have moved on)
+        config = json.loads((WORK / f"variant0-e{config['contrastive']['epochs']}" / "config.json").read_text())
+    files = report_files(config) if args.report_only else prepare_data(config)
     (WORK / "config.json").write_text(json.dumps(config))
     load_start = os.getloadavg()[0]
     chosen = VARIANTS if args.variants is None else [VARIANTS[int(i)] for i in args.variants.split(",")]
@@ -192,9 +204,11 @@ def main() -> None:
     indices = range(len(VARIANTS)) if args.variants is None else [int(i) for i in args.variants.split(",")]
     for i, (threads, isa, deterministic) in zip(indices, chosen):
         out = WORK / f"variant{i}-e{config['contrastive']['epochs']}"
-        if (out / "result.json").is_file() and (out / "config.json").read_text() == json.dumps(config):
+        if (out / "result.json").is_file() and (args.report_only or (out / "config.json").read_text() == json.dumps(config)):
             runs.append(json.loads((out / "result.json").read_text()))
             print(f"variant {i}: kept from an earlier call", flush=True)
+            continue
+        if args.report_only:
             continue
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config))
@@ -230,7 +244,8 @@ def main() -> None:
     ccfg = config["contrastive"]
     record = {
         "args": "".join(f" --{k} {v}" for k, v in (("epochs", args.epochs), ("variants", args.variants)) if v is not None),
-        "date": time.strftime("%Y-%m-%d"), "load": [load_start, os.getloadavg()[0]], "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"), "load": [load_start, os.getloadavg()[0]], "load_note": args.load_note,
+        "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other engineers' jobs",
         "job": (f"SimCLR, ResNet-18 from scratch, NEU {config['datasets'][DATASET]['max_per_class']} per class at "
                 f"{config['datasets'][DATASET]['image_size']} px ({runs[0]['train_steps']:.0f} optimiser steps: "
