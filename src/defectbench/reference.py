@@ -227,7 +227,7 @@ def determinism_section(record: dict) -> str:
     verdict = ("above the tolerance: rows of trained encoders are **sensitive** to the machine"
                if s["sensitive"] else "within the tolerance")
     settings = sorted({(r["threads"], r["isa"]) for r in record["runs"]})
-    return (f"NEU SimCLR + probe ({record['job']}) over {len(record['runs'])} runs on "
+    return (f"One job ({record['job']}) over {len(record['runs'])} runs on "
             f"{', '.join(f'{threads} thread(s)/{isa}' for threads, isa in settings)}, with and "
             f"without `deterministic`: probe accuracy spread {s['accuracy_spread']:.4f} (tolerance "
             f"{s['accuracy_tolerance']}), final loss spread {s['loss_spread']:.4f} (tolerance {s['loss_tolerance']}): "
