@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _report import machine_line, write_report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -96,8 +97,7 @@ def main() -> None:
         "# PatchCore coreset: idle vs one busy competing process",
         "",
         f"Command: `python benchmarks/coreset_contention.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load average "
-        f"{load_start:.1f} at start, {load_end:.1f} at end), Python {platform.python_version()}.",
+        machine_line(load_start, load_end),
         f"Work: `greedy_coreset` of {args.n:,} x {args.dim} Gaussian float32 features, ratio {args.ratio} "
         f"({int(args.n * args.ratio):,} picks, 128-d projection, 10 starts), {args.threads} torch threads. "
         f"{args.repeats} rounds, variants and idle/busy interleaved; medians.",
@@ -110,9 +110,7 @@ def main() -> None:
         f"({', '.join(f'{n}: {sorted(h)}' for n, h in picks.items())}).",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

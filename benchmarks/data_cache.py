@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from defectbench.data.cache import build_cache, decode_image, load_cache
 from defectbench.data.manifest import build_manifest
 from defectbench.data.sources import fetch_dataset, resolve_path
 from defectbench.runtime import job_logging
+
+from _report import machine_line, write_report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -109,8 +110,7 @@ def main() -> None:
         "# Data stage: NEU manifest + cache build, cache reads vs JPEG decoding",
         "",
         f"Command: `.venv/bin/python benchmarks/data_cache.py` (one run, {time.strftime('%Y-%m-%d')}).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load average "
-        f"{load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end), Python {platform.python_version()}.",
+        machine_line(load[0], os.getloadavg()[0]),
         f"Data: ../shared/data/neu-steel.tar.gz, {n} grey 200x200 JPEGs, resized to {args.size} px.",
         "",
         "| step | time | throughput |",
@@ -122,9 +122,7 @@ def main() -> None:
         "cache holds exactly the decoded pixels (checked), so epochs after the first never touch JPEG again.",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine_line, write_report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -127,8 +128,7 @@ def main() -> None:
         "# Start-up cost per job: stage imports and a no-op job",
         "",
         f"Command: `python benchmarks/startup.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load average "
-        f"{load_start:.1f} at start, {load_end:.1f} at end), Python {platform.python_version()}. "
+        machine_line(load_start, load_end) + " "
         f"Variants: {', '.join(f'{n} = `{s}`' for n, s in variants.items())}. {args.repeats} interleaved rounds, medians.",
         "",
         "## `python -c 'import <module>'`: CPU seconds (user + system; the load-independent figure)",
@@ -148,9 +148,7 @@ def main() -> None:
         "| wall s | " + " | ".join(f"{median(noop[n], 0):.2f}" for n in names) + " |",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

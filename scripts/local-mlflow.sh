@@ -38,8 +38,9 @@ MLFLOW_PID=$LOCAL_DIR/mlflow.pid
 DB_USER=defectbench
 DB_NAME=mlflow
 
-log() { echo "local-mlflow: $*" >&2; }
-die() { log "error: $*"; exit 1; }
+SCRIPT_NAME=local-mlflow
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 pg_bin() {
     # The newest installed PostgreSQL major version (Debian keeps binaries off PATH).
@@ -63,21 +64,9 @@ cmd_install() {
         log "PostgreSQL already installed: $(pg_bin)"
     else
         [[ $(id -u) -eq 0 ]] || die "PostgreSQL is missing and installing it needs root (apt-get install postgresql)"
-        # apt must not start the Debian system cluster (no init system here; we run our own):
-        # a policy-rc.d returning 101 forbids it. Create it only if missing.
-        local own_policy=0
-        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-            chmod 755 /usr/sbin/policy-rc.d
-            own_policy=1
-        fi
         log "installing PostgreSQL (Debian packages)"
-        export DEBIAN_FRONTEND=noninteractive
-        timeout 300 apt-get update -qq
-        timeout 600 apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-        if [[ $own_policy -eq 1 ]]; then
-            rm -f /usr/sbin/policy-rc.d
-        fi
+        # not the Debian system cluster: we run our own
+        apt_install_without_daemons postgresql
         pg_bin >/dev/null || die "apt-get installed postgresql but no /usr/lib/postgresql/*/bin/initdb was found"
         log "installed: $(pg_bin)"
     fi
@@ -205,13 +194,4 @@ cmd_status() {
     return $ok
 }
 
-case ${1:-} in
-    install) cmd_install ;;
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    *)
-        echo "usage: $0 {install|start|stop|status}" >&2
-        exit 2
-        ;;
-esac
+dispatch "$@"

@@ -34,8 +34,9 @@ MUNGE_PID=/run/munge/munged.pid
 FAKE_GPUS=${SLURM_FAKE_GPUS:-2}
 START_TIMEOUT=${SLURM_START_TIMEOUT:-60}
 
-log() { echo "local-slurm: $*" >&2; }
-die() { log "error: $*"; exit 1; }
+SCRIPT_NAME=local-slurm
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need_root() {
     [[ $(id -u) -eq 0 ]] || die "must run as root (it installs packages and starts daemons)"
@@ -58,22 +59,8 @@ cmd_install() {
         return 0
     fi
     need_root
-    # apt must not try to start the daemons itself (there is no init system to do it): a
-    # policy-rc.d returning 101 forbids it. Docker images ship one; create it only if missing.
-    local own_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        own_policy=1
-    fi
     log "installing: $(echo $missing)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends ${PACKAGES[*]} >/dev/null
-    if [[ $own_policy -eq 1 ]]; then
-        rm -f /usr/sbin/policy-rc.d
-    fi
+    apt_install_without_daemons "${PACKAGES[@]}"
     log "installed"
 }
 
@@ -327,13 +314,4 @@ cmd_status() {
     return $ok
 }
 
-case ${1:-} in
-    install) cmd_install ;;
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    *)
-        echo "usage: $0 {install|start|stop|status}" >&2
-        exit 2
-        ;;
-esac
+dispatch "$@"

@@ -110,28 +110,27 @@ def test_markdown_aggregates_seeds(jobs):
     assert "macro_auroc" not in text  # all-NaN metric columns are dropped from the rendering
 
 
+def _published(table: str, dataset_published: str, paper_dataset: str, method_published: str,
+               metric_published: str, metric: str, value: float, **ours: str) -> dict:
+    """One row of a published CSV (paper "p", source "s"); the columns naming our run in ``ours``, the rest blank."""
+    return {**dict.fromkeys(tables.PUBLISHED_COLUMNS, ""), "paper": "p", "source": "s", "table": table,
+            "dataset_published": dataset_published, "paper_dataset": paper_dataset,
+            "method_published": method_published, "metric_published": metric_published, "metric": metric,
+            "value": value, **ours}
+
+
 def test_comparison_deltas(jobs):
     root, paths = jobs
     built = tables.build_tables(paths, root=root)
     published = pd.DataFrame([
         # averaged over mvtec_*: bottle mean (.99+.97)/2 = .98, screw .80 -> .89
-        dict(paper="p", table="anomaly", dataset_published="MVTec avg", paper_dataset="mvtec_ad/*", method_published="PC",
-             method="patchcore", backbone="wide_resnet50_2", labels_pct="", scorer="", features="", weighting="",
-             metric_published="AUROC", metric="image_auroc", value="0.95", source="s", differs="data differ"),
-        dict(paper="p", table="classification", dataset_published="NEU", paper_dataset="neu_cls", method_published="SimCLR",
-             method="simclr", backbone="", labels_pct="100", scorer="", features="", weighting="",
-             metric_published="Acc", metric="accuracy", value="0.96", source="s", differs=""),
-        dict(paper="p", table="classification", dataset_published="NEU", paper_dataset="neu_cls", method_published="HCL",
-             method="hcl", backbone="", labels_pct="100", scorer="", features="", weighting="",
-             metric_published="Acc", metric="accuracy", value="0.9", source="s", differs=""),
-        dict(paper="p", table="classification", dataset_published="NEU", paper_dataset="neu_cls", method_published="SimpleNet",
-             method="", backbone="", labels_pct="", scorer="", features="", weighting="",
-             metric_published="Acc", metric="accuracy", value="0.9", source="s", differs=""),
-        dict(paper="p", table="anomaly", dataset_published="bottle", paper_dataset="mvtec_ad/bottle", method_published="kNN",
-             method="", backbone="", labels_pct="", scorer="knn", features="simclr", weighting="",
-             metric_published="F1", metric="f1", value="0.409", source="s", differs=""),
+        _published("anomaly", "MVTec avg", "mvtec_ad/*", "PC", "AUROC", "image_auroc", 0.95,
+                   method="patchcore", backbone="wide_resnet50_2", differs="data differ"),
+        _published("classification", "NEU", "neu_cls", "SimCLR", "Acc", "accuracy", 0.96, method="simclr", labels_pct="100"),
+        _published("classification", "NEU", "neu_cls", "HCL", "Acc", "accuracy", 0.9, method="hcl", labels_pct="100"),
+        _published("classification", "NEU", "neu_cls", "SimpleNet", "Acc", "accuracy", 0.9),
+        _published("anomaly", "bottle", "mvtec_ad/bottle", "kNN", "F1", "f1", 0.409, scorer="knn", features="simclr"),
     ], columns=tables.PUBLISHED_COLUMNS)
-    published["value"] = published["value"].astype(float)
     comp = tables.compare_published(published, built, PAPER_DATASETS)
     assert list(comp.columns) == tables.COMPARISON_COLUMNS
     pc = comp.iloc[0]
@@ -240,3 +239,17 @@ def test_rows_carry_the_code_fingerprint_and_compare_says_when_it_differs(tmp_pa
     # same code everywhere: no note
     assert cli.main(["compare", "--tables-dir", str(out), "--stage", "classification", "--method", "simclr"]) == 0
     assert "different code" not in capsys.readouterr().err
+
+
+def test_the_shared_markdown_helpers():
+    """seed_stats / format_stat / markdown_table: what tables.py, claims.py, cli.py and reference.py render with."""
+    assert tables.seed_stats(pd.Series([0.90, None, 0.94])) == pytest.approx((0.92, 0.02 * math.sqrt(2), 2))  # sd of .90, .94
+    mean, std, n = tables.seed_stats(pd.Series([0.5]))
+    assert (mean, n) == (0.5, 1) and math.isnan(std)
+    assert math.isnan(tables.seed_stats(pd.Series([None], dtype=float))[0])
+    assert tables.format_stat(0.92, 0.0282843, 2) == "0.9200 ± 0.0283 (n=2)"
+    assert tables.format_stat(0.5, 0.1, 1) == "0.5000 (n=1)"  # one seed: no spread shown
+    assert tables.format_stat(0.92, 0.0282843, digits=3) == "0.920 ± 0.028"
+    assert tables.format_stat(0.5, digits=3) == "0.500"
+    assert tables.format_stat(math.nan, 0.1, 3) == "—"
+    assert tables.markdown_table(["a", "b"], [["1", "2"], ["3", "4"]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |"

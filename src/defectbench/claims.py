@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from defectbench.runtime import DefectbenchError, write_parquet
+from defectbench.tables import STAGES, markdown_table, regenerate_markdown
 
 log = logging.getLogger("defectbench")
 
@@ -325,23 +326,21 @@ def claims_table_markdown(df: pd.DataFrame) -> str:
         return "_No claims in this file._"
     header = ["claim", "dataset", "metric", "method", "baseline", "control", "seeds", "method mean", "baseline mean",
               "control mean", "Δ (lower bound)", "boot", "Δ control (lower bound)", "verdict", "why"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for _, r in df.iterrows():
         cells = [r["claim"], r["dataset"], r["metric"], r["method"], r["baseline"], r["control"] or "—",
                  str(int(r["n_seeds"])), _num(r["method_mean"]), _num(r["baseline_mean"]), _num(r["control_mean"]),
                  f"{_num(r['diff_mean'])} ({_num(r['diff_lower'])})", _num(r["boot_lower"]),
                  f"{_num(r['control_diff_mean'])} ({_num(r['control_diff_lower'])})" if r["control"] else "—",
                  f"**{r['verdict']}**", r["reason"]]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
+        rows.append([str(c).replace("|", "\\|") for c in cells])
+    return markdown_table(header, rows)
 
 
 def write_claims(claims_path: str | Path, tables_dir: str | Path, root: str | Path | None = None) -> Path:
     """Evaluate the claims file on the stage tables of ``tables_dir`` (with the bootstrap over
     test images when ``root``, the project root of the tables' paths, is given); write
     ``claims.parquet``, ``claims.md`` and ``claims.html`` there. Returns the Parquet path."""
-    from defectbench.tables import STAGES, regenerate_markdown
-
     tables_dir = Path(tables_dir)
     tables = {}
     for stage in STAGES:

@@ -17,7 +17,7 @@ from typing import Sequence
 import pandas as pd
 
 from defectbench.runtime import DefectbenchError
-from defectbench.tables import EXPECTED_METRICS, KEY_COLUMNS, PROVENANCE_COLUMNS, STAGES, format_stat
+from defectbench.tables import EXPECTED_METRICS, KEY_COLUMNS, PROVENANCE_COLUMNS, STAGES, format_stat, seed_stats
 
 _COMPARE_HELP = """\
 Show runs side by side: one line per configuration (dataset, method/scorer/features/weighting,
@@ -91,9 +91,7 @@ def compare_frame(df: pd.DataFrame, stage: str, *, datasets: Sequence[str] = (),
         if fingerprints:
             row["code"] = "+".join(sorted(g["code_fingerprint"].dropna().astype(str).unique()))
         for m in numeric:
-            vals = g[m].dropna()
-            row[m] = format_stat(float(vals.mean()) if len(vals) else float("nan"),
-                                 float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"), len(vals))
+            row[m] = format_stat(*seed_stats(g[m]))
         rows.append(row)
     return pd.DataFrame(rows, columns=keys + (["code"] if fingerprints else []) + numeric)
 

@@ -24,6 +24,7 @@ import pandas as pd
 from defectbench import registry
 from defectbench.claims import claims_table_markdown
 from defectbench.runtime import DefectbenchError, atomic_path
+from defectbench.tables import format_stat, markdown_table, seed_stats
 
 CONTRASTIVE_ORDER = registry.names("contrastive_methods")
 ANOMALY_DATASETS = ["magnetic_tile", "elpv"]
@@ -48,24 +49,8 @@ WEIGHTINGS = registry.names("clustering_weightings")
 CLUSTERING_CONTROLS = ["oracle"]
 
 
-def _stat(values: pd.Series) -> tuple[float, float, int]:
-    v = values.dropna().astype(float)
-    return (float(v.mean()) if len(v) else math.nan, float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
-
-
-def _fmt(mean: float, std: float = math.nan) -> str:
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
-
-
 def _delta(ours: float, paper: float) -> str:
     return "—" if math.isnan(ours) or math.isnan(paper) else f"{ours - paper:+.3f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _read(tables_dir: Path, name: str) -> pd.DataFrame:
@@ -98,11 +83,11 @@ def diffcl_section(tables_dir: Path, comparison: str) -> str:
             r = m.iloc[0]
             ours = float(r["ours"]) if pd.notna(r["ours"]) else math.nan
             std = float(r["ours_std"]) if pd.notna(r["ours_std"]) else math.nan
-            row += [f"{r['published']:.3f}", _fmt(ours, std), _delta(ours, float(r["published"]))]
+            row += [f"{r['published']:.3f}", format_stat(ours, std, digits=3), _delta(ours, float(r["published"]))]
             seeds = max(seeds, int(r["n_seeds"]))
         implemented = bool(g["method"].fillna("").astype(str).str.len().gt(0).any())
         rows.append(row + [str(seeds) if implemented else "not implemented"])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def label_efficiency_section(tables_dir: Path) -> str:
@@ -117,10 +102,10 @@ def label_efficiency_section(tables_dir: Path) -> str:
         for p in fractions:
             sub = g[g["labels_pct"] == p]
             for metric in ("accuracy", "macro_f1"):
-                mean, std, _ = _stat(sub[metric])
-                row.append(_fmt(mean, std))
+                mean, std, _ = seed_stats(sub[metric])
+                row.append(format_stat(mean, std, digits=3))
         rows.append(row)
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def supervised_vs_simclr_section(tables_dir: Path) -> str:
@@ -136,11 +121,11 @@ def supervised_vs_simclr_section(tables_dir: Path) -> str:
                 continue
             cells = []
             for d in datasets:
-                mean, std, _ = _stat(cls[(cls["dataset"] == d) & (cls["method"] == method)
-                                         & (cls["labels_pct"] == int(pct))]["accuracy"])
-                cells.append(f"{_fmt(mean, std)} ({_delta(mean, float(r['published']))})")
+                mean, std, _ = seed_stats(cls[(cls["dataset"] == d) & (cls["method"] == method)
+                                              & (cls["labels_pct"] == int(pct))]["accuracy"])
+                cells.append(f"{format_stat(mean, std, digits=3)} ({_delta(mean, float(r['published']))})")
             rows.append([f"{method_published}: ours {method} @ {int(pct)}%", "accuracy", f"{r['published']:.3f}", *cells])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def anomaly_section(tables_dir: Path) -> str:
@@ -158,17 +143,17 @@ def anomaly_section(tables_dir: Path) -> str:
     for (dataset, scorer, features), g in groups:
         row = [str(dataset), SCORER_NAMES.get(scorer, str(scorer)), str(features)]
         for metric, _ in metrics:
-            mean, std, _ = _stat(g[metric]) if metric in g else (math.nan, math.nan, 0)
-            row.append(_fmt(mean, std))
+            mean, std, _ = seed_stats(g[metric]) if metric in g else (math.nan, math.nan, 0)
+            row.append(format_stat(mean, std, digits=3))
         rows.append(row + [str(g["seed"].nunique())])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _anomaly_ours(df: pd.DataFrame, dataset: str, filters: dict[str, str], metric: str) -> float:
     mask = df["dataset"] == dataset
     for col, want in filters.items():
         mask &= df[col] == want
-    return _stat(df.loc[mask, metric])[0] if metric in df else math.nan
+    return seed_stats(df.loc[mask, metric])[0] if metric in df else math.nan
 
 
 def anomaly_papers_section(tables_dir: Path) -> str:
@@ -186,9 +171,9 @@ def anomaly_papers_section(tables_dir: Path) -> str:
             cells = []
             for d in datasets:
                 mine = _anomaly_ours(ours, d, filters, metric)
-                cells.append(f"{_fmt(mine)} ({_delta(mine, paper)})")
+                cells.append(f"{format_stat(mine, digits=3)} ({_delta(mine, paper)})")
             rows.append([label, str(metric), f"{paper:.3f}", *cells])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def clustering_section(tables_dir: Path) -> str:
@@ -209,15 +194,15 @@ def clustering_section(tables_dir: Path) -> str:
             paper = float(p.mean()) if len(p) else math.nan
             cells = []
             for d in datasets:
-                mean, std, _ = _stat(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])
-                cells.append(f"{_fmt(mean, std)} ({_delta(mean, paper)})")
-            rows.append([w, metric.upper() if metric != "f1" else "F1", _fmt(paper), *cells])
+                mean, std, _ = seed_stats(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])
+                cells.append(f"{format_stat(mean, std, digits=3)} ({_delta(mean, paper)})")
+            rows.append([w, metric.upper() if metric != "f1" else "F1", format_stat(paper, digits=3), *cells])
     for (features, w), g in controls.groupby(["features", "weighting"], sort=True):
         for metric in ("nmi", "ari", "f1"):
-            cells = [_fmt(*_stat(g[g["dataset"] == d][metric])[:2]) for d in datasets]
+            cells = [format_stat(*seed_stats(g[g["dataset"] == d][metric])[:2], digits=3) for d in datasets]
             rows.append([f"{w}, {features} features (positive control)", metric.upper() if metric != "f1" else "F1",
                          "—", *cells])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def determinism_section(record: dict) -> str:

@@ -381,13 +381,29 @@ def _typed_comparison(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- Markdown
-def format_stat(mean: float, std: float, n: int) -> str:
-    """``mean ± std (n=k)``; ``—`` when there is no value, no ``±`` with a single seed."""
+def seed_stats(values: pd.Series) -> tuple[float, float, int]:
+    """(mean, sample std, n) of the non-missing values; NaN mean when none, NaN std below two.
+
+    >>> seed_stats(pd.Series([0.5, None, 0.7]))
+    (0.6, 0.14142135623730948, 2)
+    """
+    v = values.dropna().astype(float)
+    return (float(v.mean()) if len(v) else math.nan, float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
+
+
+def format_stat(mean: float, std: float = math.nan, n: int | None = None, digits: int = 4) -> str:
+    """``mean ± std (n=k)``; ``—`` when there is no value, no ``±`` without a std or with a single
+    seed; without ``n`` no ``(n=k)``.
+
+    >>> format_stat(0.91234, 0.01234, 3), format_stat(0.9, math.nan, 1), format_stat(0.91234, 0.01234, digits=3)
+    ('0.9123 ± 0.0123 (n=3)', '0.9000 (n=1)', '0.912 ± 0.012')
+    """
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "—"
-    if n > 1 and std is not None and not math.isnan(std):
-        return f"{mean:.4f} ± {std:.4f} (n={n})"
-    return f"{mean:.4f} (n={n})"
+    count = "" if n is None else f" (n={n})"
+    if (n is None or n > 1) and std is not None and not math.isnan(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f}{count}"
+    return f"{mean:.{digits}f}{count}"
 
 
 def _cell(v: Any) -> str:
@@ -398,7 +414,14 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown pipe table (no final newline); cells are used as given (escape ``|`` before).
+
+    >>> print(markdown_table(["a", "b"], [["1", "2"]]))
+    | a | b |
+    |---|---|
+    | 1 | 2 |
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -420,10 +443,7 @@ def aggregate_seeds(df: pd.DataFrame, stage: str) -> tuple[list[str], list[str],
         entry["n_seeds"] = int(g["seed"].nunique())
         entry["wall_time_s"] = float(g["wall_time_s"].mean())
         for m in metric_cols:
-            vals = g[m].dropna()
-            entry[f"{m}__mean"] = float(vals.mean()) if len(vals) else np.nan
-            entry[f"{m}__std"] = float(vals.std(ddof=1)) if len(vals) > 1 else np.nan
-            entry[f"{m}__n"] = int(len(vals))
+            entry[f"{m}__mean"], entry[f"{m}__std"], entry[f"{m}__n"] = seed_stats(g[m])
         stats.append(entry)
     return key_cols, metric_cols, pd.DataFrame(stats)
 
@@ -447,7 +467,7 @@ def render_stage_markdown(df: pd.DataFrame, stage: str) -> str:
         cells += [format_stat(s[f"{m}__mean"], s[f"{m}__std"], int(s[f"{m}__n"])) for m in metric_cols]
         cells.append(f"{s['wall_time_s']:.1f}" if not math.isnan(s["wall_time_s"]) else "")
         rows.append(cells)
-    return intro + _markdown_table(header, rows) + "\n"
+    return intro + markdown_table(header, rows) + "\n"
 
 
 def render_comparison_markdown(df: pd.DataFrame, name: str) -> str:
@@ -480,7 +500,7 @@ def render_comparison_markdown(df: pd.DataFrame, name: str) -> str:
             _cell(r["note"]),
             _cell(r["source"]),
         ])
-    return intro + _markdown_table(header, rows) + "\n"
+    return intro + markdown_table(header, rows) + "\n"
 
 
 def render_markdown(parquet_path: str | Path) -> str:
