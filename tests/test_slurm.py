@@ -71,14 +71,15 @@ RUN_TIMEOUT = 420
 
 
 # ----------------------------------------------------------------------------- profile contents
-def workflow_rules(tmp_path: Path) -> set[str]:
-    """Rule names of the real workflow (`snakemake --list-rules`, embedded default config)."""
-    project = working_copy(tmp_path)
+@pytest.fixture(scope="module")
+def workflow_rules(tmp_path_factory) -> set[str]:
+    """Rule names of the real workflow (`snakemake --list-rules`, embedded default config); listed once."""
+    project = working_copy(tmp_path_factory.mktemp("rules"))
     proc = snakemake(project, "--list-rules", timeout=120)
     return {line.strip() for line in proc.stdout.splitlines() if re.fullmatch(r"\w+", line.strip())} - {"all"}
 
 
-def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(tmp_path):
+def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(workflow_rules):
     text = PROFILE.read_text()
     prof = yaml.safe_load(text)
     assert prof["executor"] == "slurm"
@@ -91,7 +92,7 @@ def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(tmp_p
     rules = prof["set-resources"]
     # Every submitted rule of the workflow has its own entry (a new rule must be sized for the
     # cluster); local rules have none.
-    in_workflow = workflow_rules(tmp_path)
+    in_workflow = workflow_rules
     assert LOCAL_RULES <= in_workflow and not LOCAL_RULES & set(rules)
     assert set(rules) >= (in_workflow - LOCAL_RULES) | GPU_RULES, sorted(in_workflow - LOCAL_RULES - set(rules))
     for name in GPU_RULES:
@@ -106,11 +107,11 @@ def test_profile_puts_gpu_rules_on_gpu_partition_and_documents_every_entry(tmp_p
         assert re.search(rf"^  {name}:\s+#", text, re.M), f"set-resources.{name} has no comment"
 
 
-def test_profile_groups_name_workflow_rules_and_have_a_size(tmp_path):
+def test_profile_groups_name_workflow_rules_and_have_a_size(workflow_rules):
     prof = yaml.safe_load(PROFILE.read_text())
     groups = dict(entry.split("=") for entry in prof["groups"])
     sizes = {name: int(n) for name, n in (entry.split("=") for entry in prof["group-components"])}
-    assert set(groups) <= workflow_rules(tmp_path) - LOCAL_RULES - GPU_RULES  # small CPU rules only
+    assert set(groups) <= workflow_rules - LOCAL_RULES - GPU_RULES  # small CPU rules only
     assert set(groups.values()) == set(sizes) and all(n >= 1 for n in sizes.values())
 
 
