@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _options import add_run_options
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "magnetic-tile.tar.gz"
 DEFECTS = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
@@ -159,14 +161,12 @@ def main() -> None:
     from defectbench.metrics.anomaly import binary_auroc, pixel_auroc
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=224)
+    add_run_options(ap, size=224, batch=16)
     ap.add_argument("--train", type=int, default=100, help="MT_Free images in the memory bank")
     ap.add_argument("--test-free", type=int, default=100)
     ap.add_argument("--per-defect", type=int, default=40)
     ap.add_argument("--ratio", type=float, default=0.1)
-    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "patchcore_vs_anomalib.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

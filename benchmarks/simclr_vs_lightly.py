@@ -33,9 +33,11 @@ import torch
 import torchvision
 from PIL import Image
 
+from _options import add_run_options, add_step_options
 from defectbench.models.projector import ContrastiveModel
 from defectbench.ssl.augment import augment_batch, preset_params
 from defectbench.ssl.losses import nt_xent
+from defectbench.train import compiled, fused_adam
 
 ROOT = Path(__file__).resolve().parent
 ARCHIVE = ROOT.parents[1] / "shared" / "data" / "neu-steel.tar.gz"
@@ -58,6 +60,24 @@ def extract_subset(n: int, folder: Path) -> list[Path]:
                 out.write_bytes(tar.extractfile(m).read())
             paths.append(out)
     return paths
+
+
+def resized(paths: list[Path], size: int) -> np.ndarray:
+    """The images decoded and resized to size x size once (the pipeline's decode-once cache), uint8 NHWC."""
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in paths])
+
+
+# lightly's SimCLRTransform defaults: jitter (.8,.8,.8,.2) p .8, grayscale .2, blur p .5, hflip .5, scale .08-1
+LIGHTLY_RECIPE = {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2}
+
+
+def ours_loss(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    return nt_xent(z0, z1, temperature=0.5)
+
+
+def repeat_forever(batch):
+    while True:
+        yield batch
 
 
 def build_model(seed: int = 0) -> ContrastiveModel:
@@ -101,6 +121,40 @@ def gemm_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def make_step(loss_fn, amp: bool, channels_last: bool, fused: bool = False, compile_model: bool = False):
+    """One SimCLR training step on a fresh model: forward both views as one batch, loss, backward, Adam.
+
+    ``fused`` and ``compile_model`` are applied through defectbench's own hooks
+    (:func:`defectbench.train.fused_adam`, :func:`defectbench.train.compiled`: torch's fused Adam
+    and ``torch.compile``), to whichever side's loss ``loss_fn`` is, so both sides get the same switch.
+    """
+    cpu = torch.device("cpu")
+    model = build_model()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if fused:
+        opt = fused_adam(model.parameters(), lr=1e-3, weight_decay=1e-6, device=cpu)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
+    forward = compiled(model, compile_model, cpu, "--compile")
+
+    def step(batch):
+        x0, x1 = batch
+        x = torch.cat([x0, x1])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            _, z = forward(x)
+            z0, z1 = z.float().chunk(2)
+            loss = loss_fn(z0, z1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return len(x0)
+
+    return step
+
+
 class OurBatches(torch.utils.data.IterableDataset):
     """Endless augmented view pairs of shuffled batches (each worker with its own generator)."""
 
@@ -119,16 +173,11 @@ class OurBatches(torch.utils.data.IterableDataset):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=768)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    add_run_options(ap, size=64, batch=64)
+    add_step_options(ap, steps=8, warmup=2, repeats=3)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader worker processes, both sides")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precisions", default="fp32,bf16", help="fp32 (channels_first) and/or bf16 (+ channels_last)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -142,7 +191,7 @@ def main() -> None:
 
     # One image pipeline for both: decode + resize once; lightly reads those pixels as PNG files.
     t0 = time.perf_counter()
-    cache = np.stack([np.asarray(Image.open(p).convert("RGB").resize((s, s), Image.BILINEAR)) for p in paths])
+    cache = resized(paths, s)
     decode_s = time.perf_counter() - t0
     folder = ROOT / ".work" / f"neu-{s}px"
     for p, img in zip(paths, cache):
@@ -164,41 +213,13 @@ def main() -> None:
                 yield x0, x1
 
     # --- ours: batched augmentation of the uint8 array, in the same number of workers
-    # lightly's SimCLRTransform defaults: jitter (.8,.8,.8,.2) p .8, grayscale .2, blur p .5, hflip .5, scale .08-1
-    params = preset_params("color", {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2})
+    params = preset_params("color", LIGHTLY_RECIPE)
 
     def our_batches():
         yield from torch.utils.data.DataLoader(OurBatches(images, b, params), batch_size=None,
                                                num_workers=args.workers)
 
-    def make_step(loss_fn, amp: bool, channels_last: bool):
-        model = build_model()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
-
-        def step(batch):
-            x0, x1 = batch
-            x = torch.cat([x0, x1])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                _, z = model(x)
-                z0, z1 = z.float().chunk(2)
-                loss = loss_fn(z0, z1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return len(x0)
-
-        return step
-
-    ours_loss = lambda a, c: nt_xent(a, c, temperature=0.5)  # noqa: E731
     fixed = next(iter(OurBatches(images, b, params)))
-
-    def repeat_forever(batch):
-        while True:
-            yield batch
 
     # FLOPs of one training step (fp32 count; autocast does not change the op count)
     from torch.utils.flop_counter import FlopCounterMode

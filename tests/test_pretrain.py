@@ -180,3 +180,14 @@ def test_loss_kwargs_use_shared_temperature_unless_overridden():
     assert loss_kwargs("supcon", c) == {"temperature": 0.1}
     assert loss_kwargs("diffcl", c) == {"temperature": 0.5}  # real_prob/variant are data-side keys
     assert "temperature" not in loss_kwargs("gca", c)  # GCA's epsilon plays that role
+
+
+def test_compile_switch_reaches_the_stage(neu, tmp_path):
+    """contrastive.compile goes to the stage's compile hook: without a C++ compiler, a one-line
+    error naming the key before any training (the compiled step itself: tests/test_train.py)."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"cpp.cxx": (None, "no-such-cxx")}), pytest.raises(
+            DefectbenchError, match="^contrastive.compile: true needs a C"):
+        _run(neu, tmp_path, "simclr", _cfg(compile=True), name="compiled")
+    assert not (tmp_path / "compiled" / "encoder.pt").exists()

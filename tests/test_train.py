@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 from defectbench.runtime import DefectbenchError, load_torch
-from defectbench.train import HISTORY_COLUMNS, epoch_seed, train_loop
+from defectbench.train import HISTORY_COLUMNS, compiled, epoch_seed, fused_adam, train_loop
 
 CPU = torch.device("cpu")
 
@@ -177,3 +179,53 @@ def test_epoch_seed_is_distinct_and_stable():
     seeds = {epoch_seed(s, e) for s in range(3) for e in range(50)}
     assert len(seeds) == 150
     assert epoch_seed(0, 0) == epoch_seed(0, 0) and 0 <= epoch_seed(5, 3) < 2**63
+
+
+def test_fused_adam_is_fused_on_cpu_and_takes_adams_steps():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    reference = copy.deepcopy(model)
+    fused = fused_adam(model.parameters(), lr=0.1, weight_decay=0.01, device=CPU)
+    plain = torch.optim.Adam(reference.parameters(), lr=0.1, weight_decay=0.01, foreach=False)
+    assert fused.defaults["fused"] is True
+    start = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        for net, opt in ((model, fused), (reference, plain)):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    for p, q, p0 in zip(model.parameters(), reference.parameters(), start):
+        assert not torch.equal(p, p0)
+        torch.testing.assert_close(p, q)
+
+
+def test_compiled_is_the_model_when_off_and_a_one_line_error_without_a_compiler():
+    import torch._inductor.config as inductor_config
+
+    model = nn.Linear(2, 1)
+    assert compiled(model, False, CPU, "contrastive.compile") is model
+    with inductor_config.patch({"cpp.cxx": (None, "no-such-cxx")}), pytest.raises(
+            DefectbenchError, match=r"^contrastive.compile: true needs a C\+\+ compiler .*'no-such-cxx' not found"):
+        compiled(model, True, CPU, "contrastive.compile")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_model_trains_like_the_eager_one_and_shares_its_parameters():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    eager = copy.deepcopy(model)
+    forward = compiled(model, True, CPU, "contrastive.compile")
+    assert forward is not model
+    opts = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (model, eager)]
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(2))
+    for _ in range(3):
+        for net, opt in ((forward, opts[0]), (eager, opts[1])):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    # the optimizer updated `model` through the compiled module, whose state_dict keys stay plain
+    assert list(model.state_dict()) == list(eager.state_dict())
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q)
+    torch.testing.assert_close(forward(x), eager(x))

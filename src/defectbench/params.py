@@ -93,7 +93,7 @@ def ddad(config, wc) -> Params:
 
 # ----------------------------------------------------------------------------- representation learning
 CONTRASTIVE_TRAIN_KEYS = [
-    "epochs", "batch_size", "lr", "weight_decay", "projector", "pretrained", "amp", "channels_last",
+    "epochs", "batch_size", "lr", "weight_decay", "projector", "pretrained", "amp", "channels_last", "compile",
     "checkpoint_every", "schedule", "augment",
 ]
 

@@ -39,7 +39,7 @@ from defectbench.runtime import (
     DefectbenchError, effective_amp, pick_device, seed_everything, set_deterministic, write_metrics, write_parquet,
 )
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params, weaker
-from defectbench.train import epoch_generator, job_checkpoint, train_loop
+from defectbench.train import compiled, epoch_generator, fused_adam, job_checkpoint, train_loop
 
 log = logging.getLogger("defectbench")
 
@@ -159,7 +159,8 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
     model = ContrastiveModel(net, dim, list(ccfg["projector"])).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(ccfg["lr"]), weight_decay=float(ccfg["weight_decay"]))
+    optimizer = fused_adam(model.parameters(), lr=float(ccfg["lr"]), weight_decay=float(ccfg["weight_decay"]), device=device)
+    forward = compiled(model, bool(ccfg["compile"]), device, "contrastive.compile")
     epochs = int(ccfg["epochs"])
     steps_per_epoch = pool // batch_size
     scheduler = None
@@ -205,7 +206,7 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
         x = torch.cat([v1, v2])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        _, z = model(x)
+        _, z = forward(x)
         z1, z2 = z.float().chunk(2)
         extra: dict[str, Any] = {}
         if "labels" in registry.entry("contrastive_methods", method).reads:
