@@ -18,4 +18,5 @@ def add_step_options(ap: argparse.ArgumentParser, *, steps: int, warmup: int, re
     ap.add_argument("--steps", type=int, default=steps, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=warmup, help="untimed steps before them")
     ap.add_argument("--repeats", type=int, default=repeats, help="interleaved rounds over all variants (medians)")
-    ap.add_argument("--precisions", default="fp32,bf16", help="fp32 (channels_first) and/or bf16 (+ channels_last)")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="comma-separated: fp32 (channels_first), bf16 (+ channels_last); step_ceiling.py also fp32cl")

@@ -7,7 +7,8 @@ ResNet-18 without fc + projector 512-512-128), batch and resolution on both side
 differs (ours: ``defectbench.ssl.losses.nt_xent``, lightly: ``NTXentLoss``). Every switch is
 applied to both sides through defectbench's hooks:
 
-* precision pairs: fp32, and bf16 autocast + channels_last (model and input);
+* precision and memory format (``--precisions``): fp32, fp32 + channels_last (``fp32cl``), and
+  bf16 autocast + channels_last (model and input);
 * optimizer: torch's default Adam (for-loop on CPU) or fused Adam (``defectbench.train.fused_adam``);
 * ``torch.compile`` of the network off / on (``defectbench.train.compiled``, the
   ``contrastive.compile`` switch), compiled once per variant before timing (the compile time is
@@ -41,6 +42,12 @@ from simclr_vs_lightly import (
 )
 from defectbench.ssl.augment import preset_params
 
+# --precisions name -> (label, bf16 autocast, channels_last, GEMM ceiling dtype)
+PRECISIONS = {
+    "fp32": ("fp32", False, False, torch.float32),
+    "fp32cl": ("fp32 + channels_last", False, True, torch.float32),
+    "bf16": ("bf16 + channels_last", True, True, torch.bfloat16),
+}
 # name -> (fused Adam, torch.compile); eager-adam is the baseline the others are divided by
 VARIANTS = {"eager-adam": (False, False), "eager-fused": (True, False), "compiled-fused": (True, True)}
 
@@ -71,12 +78,12 @@ def main() -> None:
     precisions = args.precisions.split(",")
     steps, compile_s = {}, {}
     for prec in precisions:
-        bf16 = prec == "bf16"
+        _, bf16, channels_last, _ = PRECISIONS[prec]
         for variant in args.variants.split(","):
             fused, compile_model = VARIANTS[variant]
             for side, loss_fn in sides.items():
                 name = (prec, variant, side)
-                steps[name] = make_step(loss_fn, bf16, bf16, fused=fused, compile_model=compile_model)
+                steps[name] = make_step(loss_fn, bf16, channels_last, fused=fused, compile_model=compile_model)
                 t0 = time.perf_counter()
                 steps[name](fixed)  # compiles here when compile is on
                 compile_s[name] = time.perf_counter() - t0
@@ -87,7 +94,7 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     for r in range(args.repeats):  # interleaved rounds: the machine is shared, take medians
         for prec in precisions:
-            ceilings[prec].append(gemm_gflops(torch.float32 if prec == "fp32" else torch.bfloat16))
+            ceilings[prec].append(gemm_gflops(PRECISIONS[prec][3]))
         for name, step in steps.items():
             times[name] += timed_steps(step, repeat_forever(fixed), args.warmup, args.steps)
         loads.append(os.getloadavg()[0])
@@ -100,7 +107,7 @@ def main() -> None:
     for (prec, variant, side), value in img_s.items():
         base = img_s.get((prec, "eager-adam", side))
         rows.append({
-            "precision": "fp32" if prec == "fp32" else "bf16 + channels_last", "variant": variant, "side": side,
+            "precision": PRECISIONS[prec][0], "variant": variant, "side": side,
             "img_per_s": value, "vs_eager_adam": value / base if base else None,
             "ours_vs_lightly": value / img_s[(prec, variant, "lightly")] if side == "ours" else None,
             "pct_of_gemm_ceiling": 100 * value * gflop_per_image / ceiling[prec],
