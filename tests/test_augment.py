@@ -7,7 +7,9 @@ import torch
 
 from defectbench.models.backbones import imagenet_normalize
 from defectbench.runtime import DefectbenchError
-from defectbench.ssl.augment import AugmentParams, augment_batch, is_grey, preset_params, resolve_params, weaker
+from defectbench.ssl.augment import (
+    AugmentParams, augment_batch, is_grey, preset_params, random_resized_crop_flip, resolve_params, weaker,
+)
 
 IDENTITY = AugmentParams(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0, vflip=0.0, rot90=False,
                          brightness=0, contrast=0, saturation=0, hue=0, jitter_p=0, grayscale_p=0, blur_p=0)
@@ -92,3 +94,20 @@ def test_unknown_keys_and_presets_are_errors():
         preset_params("sepia")
     with pytest.raises(ValueError):
         augment_batch(torch.zeros(2, 3, 8, 8), IDENTITY, gen())
+
+
+def test_crop_flip_identity_at_full_scale_and_determinism():
+    x = torch.rand(6, 3, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    y = random_resized_crop_flip(x, gen, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    for a, b in zip(x, y):  # full-size crop: the image itself or its mirror image
+        assert torch.allclose(b, a, atol=1e-5) or torch.allclose(b, a.flip(-1), atol=1e-5)
+    flips = [not torch.allclose(b, a, atol=1e-5) for a, b in zip(x, y)]
+    assert 0 < sum(flips) < 6  # both outcomes occur for this seed
+    z1 = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
+    z2 = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
+    assert torch.equal(z1, z2) and z1.shape == x.shape
+    # a half-area crop of a left-to-right ramp spans a narrower value range than the image
+    ramp = torch.linspace(0, 1, 16).expand(1, 3, 16, 16).contiguous()
+    crop = random_resized_crop_flip(ramp, torch.Generator().manual_seed(2), scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    assert float(crop.max() - crop.min()) < 0.6

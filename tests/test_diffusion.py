@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from defectbench.data.cache import split_images
+from defectbench.data.cache import read_split_images
 from defectbench.diffusion import ddpm, views
 from defectbench.runtime import DefectbenchError
 from job_cfg import job_cfg
@@ -102,9 +102,9 @@ def test_bad_inputs_name_the_file(tmp_path):
     np.save(tmp_path / "cache.npy", np.zeros((2, 4, 4), np.uint8))  # not (N,S,S,3)
     pd.DataFrame({"row": [0], "subset": ["train"], "label": [0]}).to_parquet(tmp_path / "split.parquet")
     with pytest.raises(DefectbenchError, match="missing.parquet"):
-        split_images(tmp_path / "cache.npy", tmp_path / "missing.parquet", ["train"])
+        read_split_images(tmp_path / "missing.parquet", tmp_path / "cache.npy", "train")
     with pytest.raises(DefectbenchError, match="cache.npy"):
-        split_images(tmp_path / "cache.npy", tmp_path / "split.parquet", ["train"])
+        read_split_images(tmp_path / "split.parquet", tmp_path / "cache.npy", "train")
 
 
 def test_build_unet_rejects_indivisible_size():

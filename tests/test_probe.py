@@ -16,7 +16,6 @@ from defectbench.models.backbones import build_backbone, imagenet_normalize
 from defectbench.probe import (
     fit_logistic,
     fit_logistic_probe,
-    random_resized_crop_flip,
     run_linear_probe,
     train_linear_probe,
     validation_rows,
@@ -40,23 +39,6 @@ def test_extract_features_matches_direct_forward_across_batches():
     assert feats == pytest.approx(direct, abs=1e-4)
     with pytest.raises(DefectbenchError):
         extract_features(net, images[..., 0], CPU)
-
-
-def test_crop_flip_identity_at_full_scale_and_determinism():
-    x = torch.rand(6, 3, 8, 8)
-    gen = torch.Generator().manual_seed(0)
-    y = random_resized_crop_flip(x, gen, scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    for a, b in zip(x, y):  # full-size crop: the image itself or its mirror image
-        assert torch.allclose(b, a, atol=1e-5) or torch.allclose(b, a.flip(-1), atol=1e-5)
-    flips = [not torch.allclose(b, a, atol=1e-5) for a, b in zip(x, y)]
-    assert 0 < sum(flips) < 6  # both outcomes occur for this seed
-    z1 = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
-    z2 = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
-    assert torch.equal(z1, z2) and z1.shape == x.shape
-    # a half-area crop of a left-to-right ramp spans a narrower value range than the image
-    ramp = torch.linspace(0, 1, 16).expand(1, 3, 16, 16).contiguous()
-    crop = random_resized_crop_flip(ramp, torch.Generator().manual_seed(2), scale=(0.25, 0.25), ratio=(1.0, 1.0))
-    assert float(crop.max() - crop.min()) < 0.6
 
 
 def test_train_linear_probe_separates_separable_features():

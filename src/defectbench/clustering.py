@@ -27,7 +27,6 @@ perfectly (NMI 1), so an NMI near chance on the real features is the features', 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from defectbench.anomaly.neighbours import nearest_neighbors, query_chunks
+from defectbench.data.cache import SplitCache
 from defectbench.runtime import DefectbenchError
 
 log = logging.getLogger("defectbench")
@@ -167,6 +167,67 @@ def cap_per_label(images: "pandas.DataFrame", cap: int, seed: int) -> "pandas.Da
 
 
 # ----------------------------------------------------------------------------- stage
+def clustering_rows(data: SplitCache, manifest_path: str | Path, cl_cfg: dict[str, Any], seed: int) -> "pd.DataFrame":  # noqa: F821
+    """The rows to cluster: the ``test`` rows of the clustering split (``data``), without the
+    nominal ones (manifest ``is_anomalous`` false) unless ``clustering.include_normal``, at most
+    ``clustering.max_per_class`` per label when set (:func:`cap_per_label`)."""
+    import pandas as pd
+
+    try:
+        manifest = pd.read_parquet(manifest_path, columns=["is_anomalous"])
+    except FileNotFoundError:
+        raise DefectbenchError(f"{manifest_path}: manifest not found; run the build_manifest rule") from None
+    rows = data.split[data.split["subset"] == "test"].copy()
+    rows["is_anomalous"] = manifest["is_anomalous"].to_numpy()[rows["row"].to_numpy()]
+    if not cl_cfg["include_normal"]:
+        rows = rows[rows["is_anomalous"]]
+    if cl_cfg.get("max_per_class") is not None:  # params carry the key only when a cap is set
+        rows = cap_per_label(rows, int(cl_cfg["max_per_class"]), seed)
+    if len(rows) < 2:
+        raise DefectbenchError(f"{data.split_path}: fewer than 2 images to cluster; check the dataset's clustering task")
+    return rows
+
+
+def reference_rows(reference_split_path: str | Path | None, cache_path: str | Path,
+                   clustered_rows: np.ndarray) -> tuple[SplitCache, "pd.DataFrame"]:  # noqa: F821
+    """(the anomaly split, its rows used as references by ``supervised`` weighting): the nominal
+    ``train`` images, minus any image being clustered."""
+    if reference_split_path is None:
+        raise DefectbenchError("clustering: 'supervised' weighting needs the anomaly split of the dataset")
+    ref = SplitCache(reference_split_path, cache_path)
+    nominal_train = ref.split[(ref.split["subset"] == "train") & (ref.split["label"] == 0)]
+    rows = nominal_train[~nominal_train["row"].isin(clustered_rows)]
+    if not len(rows):
+        raise DefectbenchError(f"{reference_split_path}: no nominal train images to use as references")
+    return ref, rows
+
+
+def patch_embedder(features: str, cfg: dict[str, Any], *, n_labels: int, seed: int, device: Any):
+    """``embed(source, rows, row_labels, stream) -> (N,P,D)`` patch embeddings of split rows:
+    PatchCore's embedding of their images (``features`` = ``patchcore.backbone``) or, for
+    ``oracle``, :func:`oracle_patch_embeddings` of their labels (stream 0: the clustered images,
+    1: the references, each with its own noise draws; the images are not read)."""
+    cl_cfg = cfg["clustering"]
+    if features == "oracle":
+        def embed(source: SplitCache, rows: Any, row_labels: np.ndarray, stream: int) -> torch.Tensor:
+            return oracle_patch_embeddings(row_labels, n_labels, seed=2 * int(seed) + stream)
+        return embed
+    from defectbench.anomaly.embedding import embed_patches, patch_extractor
+
+    pc_cfg = cfg["patchcore"]
+    if features != pc_cfg["backbone"]:
+        raise DefectbenchError(f"clustering: features {features!r} are neither 'oracle' nor patchcore.backbone "
+                               f"{pc_cfg['backbone']!r}; check the target path")
+    extractor = patch_extractor(pc_cfg)
+    embed_kw = dict(pretrain_dim=cl_cfg.get("pretrain_dim"), target_dim=cl_cfg.get("target_dim"),
+                    patchsize=pc_cfg["patchsize"], layernorm=cl_cfg["layernorm"],
+                    batch_size=pc_cfg["batch_size"], device=device)
+
+    def embed(source: SplitCache, rows: Any, row_labels: np.ndarray, stream: int) -> torch.Tensor:
+        return embed_patches(extractor, source.take(rows).images, **embed_kw)[0]
+    return embed
+
+
 def run_clustering(
     *,
     cache_path: str | Path,
@@ -184,91 +245,49 @@ def run_clustering(
     ``metrics_paths`` cluster them and write metrics.json + assignments.parquet (row, label,
     label_name, cluster, matched_label).
 
-    Images: the ``test`` subset of the clustering split; nominal images (manifest ``is_anomalous``
-    false) only when ``clustering.include_normal``. k = number of distinct labels among them.
-    References for ``supervised``: the nominal ``train`` images of ``reference_split_path`` (the
-    anomaly split), minus any image being clustered.
-
-    ``features``: ``patchcore.backbone`` (its patch embeddings of the images) or ``oracle`` (the
-    positive control: :func:`oracle_patch_embeddings` of the labels; the images are not read).
+    Images: :func:`clustering_rows`; k = number of distinct labels among them. References for
+    ``supervised``: :func:`reference_rows`. ``features``: ``patchcore.backbone`` or ``oracle``
+    (the positive control), see :func:`patch_embedder`.
     """
     import pandas as pd
 
     from defectbench import registry
-    from defectbench.anomaly.embedding import embed_patches, patch_extractor
-    from defectbench.data.cache import SplitCache
     from defectbench.metrics.clustering import clustering_metrics, hungarian_match
-    from defectbench.runtime import pick_device, seed_everything, write_metrics, write_parquet
+    from defectbench.runtime import Timer, stage_job, write_parquet
 
-    start = time.perf_counter()
     cl_cfg = cfg["clustering"]
-    oracle = features == "oracle"
-    if not oracle and features != cfg["patchcore"]["backbone"]:
-        raise DefectbenchError(f"clustering: features {features!r} are neither 'oracle' nor patchcore.backbone "
-                               f"{cfg['patchcore']['backbone']!r}; check the target path")
-    seed_everything(seed)
-    device = pick_device(cfg["device"])
-    data = SplitCache(split_path, cache_path)
-    try:
-        manifest = pd.read_parquet(manifest_path, columns=["is_anomalous"])
-    except FileNotFoundError:
-        raise DefectbenchError(f"{manifest_path}: manifest not found; run the build_manifest rule") from None
-    images = data.split[data.split["subset"] == "test"].copy()
-    images["is_anomalous"] = manifest["is_anomalous"].to_numpy()[images["row"].to_numpy()]
-    if not cl_cfg["include_normal"]:
-        images = images[images["is_anomalous"]]
-    if cl_cfg.get("max_per_class") is not None:  # params carry the key only when a cap is set
-        images = cap_per_label(images, int(cl_cfg["max_per_class"]), seed)
-    if len(images) < 2:
-        raise DefectbenchError(f"{split_path}: fewer than 2 images to cluster; check the dataset's clustering task")
-    labels = images["label"].to_numpy().astype(int)
-    k = int(np.unique(labels).size)
-    n_labels = int(data.split["label"].max()) + 1
-    if oracle:
-        def embed(source: SplitCache, rows: "pd.DataFrame", row_labels: np.ndarray, stream: int) -> torch.Tensor:
-            # stream 0: the images, 1: the references (their own noise draws)
-            return oracle_patch_embeddings(row_labels, n_labels, seed=2 * int(seed) + stream)
-    else:
-        pc_cfg = cfg["patchcore"]
-        extractor = patch_extractor(pc_cfg)
-        embed_kw = dict(pretrain_dim=cl_cfg.get("pretrain_dim"), target_dim=cl_cfg.get("target_dim"),
-                        patchsize=pc_cfg["patchsize"], layernorm=cl_cfg["layernorm"],
-                        batch_size=pc_cfg["batch_size"], device=device)
-
-        def embed(source: SplitCache, rows: "pd.DataFrame", row_labels: np.ndarray, stream: int) -> torch.Tensor:
-            return embed_patches(extractor, source.take(rows).images, **embed_kw)[0]
-    log.info("clustering %s: %d images, k=%d, features %s", dataset, len(images), k, features)
-    emb = embed(data, images, labels, 0)
-    references = None
-    if "supervised" in metrics_paths:
-        if reference_split_path is None:
-            raise DefectbenchError("clustering: 'supervised' weighting needs the anomaly split of the dataset")
-        ref = SplitCache(reference_split_path, cache_path)
-        ref_rows = ref.split[(ref.split["subset"] == "train") & (ref.split["label"] == 0)]
-        ref_rows = ref_rows[~ref_rows["row"].isin(images["row"])]
-        if len(ref_rows) == 0:
-            raise DefectbenchError(f"{reference_split_path}: no nominal train images to use as references")
-        references = embed(ref, ref_rows, np.zeros(len(ref_rows), dtype=int), 1)
-    records = {}
-    for weighting, metrics_path in metrics_paths.items():
-        t0 = time.perf_counter()
-        # only the keys this weighting reads are in the job's params (an average-only job has no tau)
-        reads = registry.entry("clustering_weightings", weighting).reads
-        x = weighted_embeddings(emb, weighting, references=references,
-                                **{key: cl_cfg[key] for key in ("tau", "train_ratio") if key in reads})
-        clusters = ward_clusters(x.numpy(), k)
-        metrics = clustering_metrics(labels, clusters)
-        mapping = hungarian_match(labels, clusters)
-        write_parquet(assignments_paths[weighting], pd.DataFrame({
-            "row": images["row"].to_numpy(), "label": labels, "label_name": images["label_name"].astype(str).to_numpy(),
-            "cluster": clusters, "matched_label": [mapping.get(int(c), -1) for c in clusters],
-        }))
-        records[weighting] = write_metrics(
-            metrics_path, stage="clustering", metrics=metrics, config=cfg,
-            keys={"dataset": dataset, "seed": int(seed), "weighting": weighting, "features": features},
-            device=str(device), wall_time_s=time.perf_counter() - start,
-            extra={"amp": "none", "k": k, "include_normal": bool(cl_cfg["include_normal"]),
-                   "weighting_time_s": time.perf_counter() - t0},
-        )
-        log.info("clustering %s/%s: NMI %.3f ARI %.3f F1 %.3f", dataset, weighting, metrics["nmi"], metrics["ari"], metrics["f1"])
+    keys = {"dataset": dataset, "seed": int(seed), "features": features}
+    with stage_job(stage="clustering", cfg=cfg, keys=keys, seed=seed) as job:
+        data = SplitCache(split_path, cache_path)
+        images = clustering_rows(data, manifest_path, cl_cfg, seed)
+        labels = images["label"].to_numpy().astype(int)
+        k = int(np.unique(labels).size)
+        embed = patch_embedder(features, cfg, n_labels=int(data.split["label"].max()) + 1, seed=seed, device=job.device)
+        log.info("clustering %s: %d images, k=%d, features %s", dataset, len(images), k, features)
+        emb = embed(data, images, labels, 0)
+        references = None
+        if "supervised" in metrics_paths:
+            ref, ref_rows = reference_rows(reference_split_path, cache_path, images["row"].to_numpy())
+            references = embed(ref, ref_rows, np.zeros(len(ref_rows), dtype=int), 1)
+        records = {}
+        for weighting, metrics_path in metrics_paths.items():
+            # only the keys this weighting reads are in the job's params (an average-only job has no tau)
+            reads = registry.entry("clustering_weightings", weighting).reads
+            with Timer() as timer:
+                x = weighted_embeddings(emb, weighting, references=references,
+                                        **{key: cl_cfg[key] for key in ("tau", "train_ratio") if key in reads})
+                clusters = ward_clusters(x.numpy(), k)
+                metrics = clustering_metrics(labels, clusters)
+                mapping = hungarian_match(labels, clusters)
+                write_parquet(assignments_paths[weighting], pd.DataFrame({
+                    "row": images["row"].to_numpy(), "label": labels,
+                    "label_name": images["label_name"].astype(str).to_numpy(),
+                    "cluster": clusters, "matched_label": [mapping.get(int(c), -1) for c in clusters],
+                }))
+            records[weighting] = job.write_metrics(
+                metrics_path, metrics=metrics, keys={"weighting": weighting},
+                extra={"amp": job.amp, "k": k, "include_normal": bool(cl_cfg["include_normal"]),
+                       "weighting_time_s": timer.seconds},
+            )
+            log.info("clustering %s/%s: NMI %.3f ARI %.3f F1 %.3f", dataset, weighting, metrics["nmi"], metrics["ari"], metrics["f1"])
     return records

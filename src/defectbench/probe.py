@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,50 +50,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectbench.data.splits import labelled_subset, read_split, split_rng
+from defectbench.data.cache import SplitCache
+from defectbench.data.splits import labelled_subset, split_rng
 from defectbench.features import extract_features, load_feature_source
 from defectbench.metrics.classification import classification_metrics, confusion
-from defectbench.runtime import (
-    DefectbenchError,
-    Timer,
-    effective_amp,
-    pick_device,
-    save_torch,
-    seed_everything,
-    write_metrics,
-    write_parquet,
-)
+from defectbench.runtime import DefectbenchError, Timer, save_torch, stage_job, write_parquet
+from defectbench.ssl.augment import random_resized_crop_flip
 
 log = logging.getLogger("defectbench")
-
-
-def random_resized_crop_flip(images: torch.Tensor, generator: torch.Generator,
-                             scale: tuple[float, float] = (0.2, 1.0),
-                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Per-image random-resized crop (area fraction in ``scale``, aspect ratio in ``ratio``) back to
-    the input size, and horizontal flip with probability 1/2, for a float (B,3,S,S) batch.
-
-    Vectorised as one affine ``grid_sample`` (bilinear) over the whole batch. The generator must
-    live on the images' device.
-    """
-    b, _, h, w = images.shape
-    dev = images.device
-    u = torch.rand(b, 5, generator=generator, device=dev)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    aspect = torch.exp(log_r)
-    cw = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width / image width
-    ch = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (1 - cw) * (2 * u[:, 2] - 1)  # crop centre in [-1, 1] coordinates, crop inside the image
-    cy = (1 - ch) * (2 * u[:, 3] - 1)
-    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=dev, dtype=images.dtype)
-    theta[:, 0, 0] = cw * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = ch
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def train_linear_probe(train_views: np.ndarray, y_train: np.ndarray, n_classes: int, *, epochs: int,
@@ -127,10 +90,10 @@ def train_linear_probe(train_views: np.ndarray, y_train: np.ndarray, n_classes: 
         logits = probe(x)
         return F.cross_entropy(logits.float(), y), {"train_acc": float((logits.argmax(1) == y).float().mean())}
 
-    with tempfile.TemporaryDirectory() as tmp:  # probes take seconds: no checkpoint kept
-        history = train_loop(probe, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp="none",
-                             checkpoint_path=Path(tmp) / "probe.pt", checkpoint_every=epochs,
-                             batch_size_of=lambda b: len(b[1]), log_prefix="probe ")
+    # a probe trains in seconds: no checkpoint
+    history = train_loop(probe, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp="none",
+                         checkpoint_path=None, checkpoint_every=epochs, batch_size_of=lambda b: len(b[1]),
+                         log_prefix="probe ")
     return probe.eval(), history
 
 
@@ -291,6 +254,81 @@ def _pretraining(method: str, pretrain_metrics_path: str | None) -> tuple[str, f
         raise DefectbenchError(f"{pretrain_metrics_path}: unreadable pretraining record; rerun pretrain_contrastive") from None
 
 
+@dataclass(frozen=True)
+class ProbeFeatures:
+    """Frozen features of one encoder for every label fraction of a probe job: ``pool_views``
+    (V, N, d) of the largest labelled subset ``pool`` (its rows sorted by row; V augmented views,
+    or 1 un-augmented), ``test_feats`` (M, d) of the ``test`` rows."""
+
+    pool: pd.DataFrame
+    pool_views: np.ndarray
+    test: pd.DataFrame
+    test_feats: np.ndarray
+    dim: int
+
+
+def probe_features(data: SplitCache, fractions: Sequence[float], *, method: str, encoder_path: str | None,
+                   backbone: str, pcfg: dict[str, Any], seed: int, device: torch.device, amp: str) -> ProbeFeatures:
+    """Extract the features once for all ``fractions`` (the labelled subsets are nested), with
+    ``probe.augment_views`` random-resized crop + flip views of the labelled images when
+    ``probe.augment`` (:func:`defectbench.ssl.augment.random_resized_crop_flip`, own generator
+    seeded with ``seed``)."""
+    pool = data.take(labelled_subset(data.split, max(fractions)))  # nested: holds every fraction's images
+    test = data.subset("test")
+    if not len(pool) or not len(test):
+        raise DefectbenchError(f"{data.split_path}: empty labelled subset or test subset; check the split and label_fractions")
+    encoder, dim = load_feature_source(method, encoder_path=encoder_path, backbone=backbone,
+                                       pretrained=pcfg.get("pretrained"), device=device)
+    fbs = int(pcfg["feature_batch_size"])
+    test_feats = extract_features(encoder, test.images, device, fbs, amp)
+    if pcfg["augment"]:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        crop_scale = (float(pcfg["crop_scale_min"]), 1.0)
+        pool_views = np.stack([
+            extract_features(encoder, pool.images, device, fbs, amp,
+                             transform=lambda x: random_resized_crop_flip(x, gen, crop_scale))
+            for _ in range(int(pcfg["augment_views"]))
+        ])
+    else:
+        pool_views = extract_features(encoder, pool.images, device, fbs, amp)[None]
+    return ProbeFeatures(pool.rows, pool_views, test.rows, test_feats, dim)
+
+
+def fit_probe(views: np.ndarray, y_train: np.ndarray, test_feats: np.ndarray, n_classes: int, *,
+              pcfg: dict[str, Any], seed: int, device: torch.device) -> tuple[dict[str, torch.Tensor], np.ndarray,
+                                                                            pd.DataFrame, dict[str, float]]:
+    """Fit the ``probe.kind`` probe on ``views`` (V, N, d) with labels ``y_train``; returns (head
+    on raw features {weight, bias}, test probabilities (M, C) float64, history, fit metrics)."""
+    if pcfg["kind"] == "linear":
+        probe, history = train_linear_probe(
+            views, y_train, n_classes, epochs=int(pcfg["epochs"]), batch_size=int(pcfg["batch_size"]),
+            lr=float(pcfg["lr"]), weight_decay=float(pcfg["weight_decay"]), seed=seed, device=device)
+        head = {"weight": probe.weight.detach().cpu(), "bias": probe.bias.detach().cpu()}
+        with torch.no_grad():
+            logits = probe(torch.from_numpy(test_feats).to(device))
+            proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+        fit_metrics = {"train_steps": int(pcfg["epochs"]) * math.ceil(len(y_train) / int(pcfg["batch_size"])),
+                       "train_loss": float(history["loss"].iloc[-1])}
+        return head, proba, history, fit_metrics
+    fit, history = fit_logistic_probe(
+        views, y_train, n_classes, l2_grid=pcfg["l2_grid"], val_fraction=float(pcfg["val_fraction"]), seed=seed,
+        max_steps=int(pcfg["max_steps"]), tolerance=float(pcfg["tolerance"]), class_weight=pcfg["class_weight"])
+    head = {"weight": torch.from_numpy(fit.weight).float(), "bias": torch.from_numpy(fit.bias).float()}
+    fit_metrics = {"train_steps": fit.steps, "train_loss": fit.train_loss, "l2": fit.l2,
+                   "grad_max": fit.grad_max, "converged": float(fit.converged)}
+    return head, fit.predict_proba(test_feats), history, fit_metrics
+
+
+def _class_names(manifest_path: str) -> list[str]:
+    """Class name of every label id of the manifest ('' for an id no image has)."""
+    from defectbench.data.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    n_classes = int(manifest["label"].max()) + 1
+    return manifest.groupby("label")["class_name"].first().reindex(range(n_classes)).fillna("").tolist()
+
+
 def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, encoder_path: str | None,
                      pretrain_metrics_path: str | None, out_dirs: Sequence[str], fractions: Sequence[float],
                      cfg: dict[str, Any], dataset: str, method: str, backbone: str, seed: int,
@@ -302,101 +340,58 @@ def run_linear_probe(*, cache_path: str, split_path: str, manifest_path: str, en
     control of :data:`defectbench.features.CONTROL_SOURCES` (no encoder). ``out_dirs[i]``
     receives the outputs of ``fractions[i]``. ``extra_keys`` join the job keys of every record
     (a budget-curve point's ``budget_epochs`` and ``image_size``). Returns the metrics.json
-    records, in that order.
+    records, in that order. A record's wall time is its fraction's fit plus an equal share of the
+    one-off feature extraction.
     """
-    from defectbench.data.cache import load_cache
-    from defectbench.data.manifest import read_manifest
-
     if len(out_dirs) != len(fractions) or not fractions:
         raise DefectbenchError(f"linear_probe: {len(fractions)} label fractions but {len(out_dirs)} output directories")
     pcfg = cfg["probe"]
-    kind = pcfg["kind"]
-    if kind not in ("linear", "logistic"):
-        raise DefectbenchError(f"probe.kind: unknown {kind!r}; use logistic or linear")
-    with Timer() as setup:
-        device = pick_device(cfg["device"])
-        amp = effective_amp(device, pcfg["amp"])
-        seed_everything(seed)  # also draws the random-init control's weights
-        images = load_cache(cache_path)
-        manifest = read_manifest(manifest_path)
-        n_classes = int(manifest["label"].max()) + 1
-        class_names = manifest.groupby("label")["class_name"].first().reindex(range(n_classes)).fillna("").tolist()
-        split = read_split(split_path, ("row", "subset", "label", "label_priority"))
-        pool = labelled_subset(split, max(fractions)).sort_values("row")  # nested: holds every fraction's images
-        test = split[split["subset"] == "test"].sort_values("row")
-        if pool.empty or test.empty:
-            raise DefectbenchError(f"{split_path}: empty labelled subset or test subset; check the split and label_fractions")
-        label, pretrain_steps = _pretraining(method, pretrain_metrics_path)
-        encoder, dim = load_feature_source(method, encoder_path=encoder_path, backbone=backbone,
-                                           pretrained=pcfg.get("pretrained"), device=device)
-        fbs = int(pcfg["feature_batch_size"])
-        pool_images = images[pool["row"].to_numpy()]
-        test_feats = extract_features(encoder, images[test["row"].to_numpy()], device, fbs, amp)
-        if pcfg["augment"]:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(seed)
-            crop_scale = (float(pcfg["crop_scale_min"]), 1.0)
-            pool_views = np.stack([
-                extract_features(encoder, pool_images, device, fbs, amp,
-                                 transform=lambda x: random_resized_crop_flip(x, gen, crop_scale))
-                for _ in range(int(pcfg["augment_views"]))
-            ])
-        else:
-            pool_views = extract_features(encoder, pool_images, device, fbs, amp)[None]
-        del encoder
-    log.info("probe %s/%s/%s seed %d: features of %d labelled and %d test images in %.1fs (%d views, device %s)",
-             label, dataset, backbone, seed, len(pool), len(test), setup.seconds, pool_views.shape[0], device)
-    y_test = test["label"].to_numpy()
-    records = []
-    for fraction, out_dir in zip(fractions, out_dirs):
-        with Timer() as timer:
-            labelled = labelled_subset(split, fraction).sort_values("row")
-            views = pool_views[:, np.searchsorted(pool["row"].to_numpy(), labelled["row"].to_numpy())]
-            y_train = labelled["label"].to_numpy()
-            if kind == "linear":
-                probe, history = train_linear_probe(
-                    views, y_train, n_classes, epochs=int(pcfg["epochs"]), batch_size=int(pcfg["batch_size"]),
-                    lr=float(pcfg["lr"]), weight_decay=float(pcfg["weight_decay"]), seed=seed, device=device)
-                head = {"weight": probe.weight.detach().cpu(), "bias": probe.bias.detach().cpu()}
-                with torch.no_grad():
-                    logits = probe(torch.from_numpy(test_feats).to(device))
-                    proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
-                fit_metrics = {"train_steps": int(pcfg["epochs"]) * math.ceil(len(labelled) / int(pcfg["batch_size"])),
-                               "train_loss": float(history["loss"].iloc[-1])}
-            else:
-                fit, history = fit_logistic_probe(
-                    views, y_train, n_classes, l2_grid=pcfg["l2_grid"],
-                    val_fraction=float(pcfg["val_fraction"]), seed=seed,
-                    max_steps=int(pcfg["max_steps"]), tolerance=float(pcfg["tolerance"]),
-                    class_weight=pcfg["class_weight"])
-                head = {"weight": torch.from_numpy(fit.weight).float(), "bias": torch.from_numpy(fit.bias).float()}
-                proba = fit.predict_proba(test_feats)
-                fit_metrics = {"train_steps": fit.steps, "train_loss": fit.train_loss, "l2": fit.l2,
-                               "grad_max": fit.grad_max, "converged": float(fit.converged)}
-            metrics = {**classification_metrics(y_test, proba, n_classes), **fit_metrics, "pretrain_steps": pretrain_steps}
-            y_pred = proba.argmax(axis=1)
-            cm = confusion(y_test, y_pred, n_classes)
-            predictions = pd.DataFrame({"row": test["row"].to_numpy(), "y_true": y_test, "y_pred": y_pred})
-            for k in range(n_classes):
-                predictions[f"proba_{k}"] = proba[:, k]
-        out = Path(out_dir)
-        # the head in raw feature space, for Grad-CAM figures (the encoder + this = the classifier)
-        save_torch(out / "probe.pt", {**head, "encoder": encoder_path})
-        write_parquet(out / "predictions.parquet", predictions)
-        write_parquet(out / "history.parquet", history)
-        keys = {"dataset": dataset, "method": label, "backbone": backbone, "seed": int(seed),
-                "labels_pct": float(100 * fraction), "task": "classification", **(extra_keys or {})}
-        extra = {"confusion": cm.tolist(), "class_names": class_names, "n_labelled": int(len(labelled)),
-                 "n_views": int(views.shape[0]), "feature_dim": int(dim), "kind": kind, "amp": amp,
-                 "feature_source": method if encoder_path is None else str(encoder_path),
-                 "feature_seconds": setup.seconds, "model_selection": (
-                     "l2 by validation cross-entropy on a split of the labelled images" if kind == "logistic"
-                     else "fixed epochs (no selection)")}
-        # wall time: this fraction's fit plus an equal share of the one-off feature extraction
-        records.append(write_metrics(out / "metrics.json", stage="classification", metrics=metrics, config=cfg,
-                                     keys=keys, device=str(device),
-                                     wall_time_s=timer.seconds + setup.seconds / len(fractions), extra=extra))
-        log.info("probe %s/%s %g%% labels: accuracy %.4f macro F1 %.4f, %d steps, train loss %.4g (%.1fs)", label,
-                 dataset, 100 * fraction, metrics["accuracy"], metrics["macro_f1"], fit_metrics["train_steps"],
-                 fit_metrics["train_loss"], timer.seconds)
+    if pcfg["kind"] not in ("linear", "logistic"):
+        raise DefectbenchError(f"probe.kind: unknown {pcfg['kind']!r}; use logistic or linear")
+    label, pretrain_steps = _pretraining(method, pretrain_metrics_path)
+    keys = {"dataset": dataset, "method": label, "backbone": backbone, "seed": int(seed), "task": "classification",
+            **(extra_keys or {})}
+    # seeded: the seed also draws the random-init control's weights
+    with stage_job(stage="classification", cfg=cfg, keys=keys, seed=seed, amp=pcfg["amp"]) as job:
+        with Timer() as setup:
+            class_names = _class_names(manifest_path)
+            n_classes = len(class_names)
+            data = SplitCache(split_path, cache_path, required=("row", "subset", "label", "label_priority"))
+            feats = probe_features(data, fractions, method=method, encoder_path=encoder_path, backbone=backbone,
+                                   pcfg=pcfg, seed=seed, device=job.device, amp=job.amp)
+        log.info("probe %s/%s/%s seed %d: features of %d labelled and %d test images in %.1fs (%d views, device %s)",
+                 label, dataset, backbone, seed, len(feats.pool), len(feats.test), setup.seconds,
+                 feats.pool_views.shape[0], job.device)
+        y_test = feats.test["label"].to_numpy()
+        records = []
+        for fraction, out_dir in zip(fractions, out_dirs):
+            with Timer() as timer:
+                labelled = labelled_subset(data.split, fraction).sort_values("row")
+                views = feats.pool_views[:, np.searchsorted(feats.pool["row"].to_numpy(), labelled["row"].to_numpy())]
+                head, proba, history, fit_metrics = fit_probe(views, labelled["label"].to_numpy(), feats.test_feats,
+                                                              n_classes, pcfg=pcfg, seed=seed, device=job.device)
+                metrics = {**classification_metrics(y_test, proba, n_classes), **fit_metrics,
+                           "pretrain_steps": pretrain_steps}
+                y_pred = proba.argmax(axis=1)
+                predictions = pd.DataFrame({"row": feats.test["row"].to_numpy(), "y_true": y_test, "y_pred": y_pred})
+                for k in range(n_classes):
+                    predictions[f"proba_{k}"] = proba[:, k]
+            out = Path(out_dir)
+            # the head in raw feature space, for Grad-CAM figures (the encoder + this = the classifier)
+            save_torch(out / "probe.pt", {**head, "encoder": encoder_path})
+            write_parquet(out / "predictions.parquet", predictions)
+            write_parquet(out / "history.parquet", history)
+            extra = {"confusion": confusion(y_test, y_pred, n_classes).tolist(), "class_names": class_names,
+                     "n_labelled": int(len(labelled)), "n_views": int(views.shape[0]), "feature_dim": int(feats.dim),
+                     "kind": pcfg["kind"], "amp": job.amp,
+                     "feature_source": method if encoder_path is None else str(encoder_path),
+                     "feature_seconds": setup.seconds, "model_selection": (
+                         "l2 by validation cross-entropy on a split of the labelled images" if pcfg["kind"] == "logistic"
+                         else "fixed epochs (no selection)")}
+            records.append(job.write_metrics(out / "metrics.json", metrics=metrics, extra=extra,
+                                             keys={"labels_pct": float(100 * fraction)},
+                                             wall_time_s=timer.seconds + setup.seconds / len(fractions)))
+            log.info("probe %s/%s %g%% labels: accuracy %.4f macro F1 %.4f, %d steps, train loss %.4g (%.1fs)", label,
+                     dataset, 100 * fraction, metrics["accuracy"], metrics["macro_f1"], fit_metrics["train_steps"],
+                     fit_metrics["train_loss"], timer.seconds)
     return records

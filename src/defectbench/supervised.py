@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectbench.data.cache import load_cache
-from defectbench.data.splits import labelled_subset, read_split
+from defectbench.data.cache import SplitCache, SplitImages
+from defectbench.data.splits import labelled_subset
 from defectbench.metrics.classification import classification_metrics
 from defectbench.models.backbones import build_backbone, imagenet_normalize
 from defectbench.models.encoders import save_encoder
-from defectbench.runtime import (
-    DefectbenchError, effective_amp, pick_device, seed_everything, write_metrics, write_parquet,
-)
-from defectbench.ssl.augment import augment_batch, resolve_params
-from defectbench.train import job_checkpoint, train_loop
+from defectbench.runtime import DefectbenchError, autocast_context, stage_job, write_parquet
+from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params
+from defectbench.train import checkpointed, train_loop
 
 log = logging.getLogger("defectbench")
 
@@ -81,8 +79,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def predict_proba(model: nn.Module, images: np.ndarray, device: torch.device, amp: str, batch_size: int = 256) -> np.ndarray:
     """Softmax probabilities (N, C) of uint8 (N,S,S,3) images, in eval mode, no augmentation."""
-    from defectbench.runtime import autocast_context
-
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -93,37 +89,26 @@ def predict_proba(model: nn.Module, images: np.ndarray, device: torch.device, am
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_path: str | Path,
-                     predictions_path: str | Path, history_path: str | Path, metrics_path: str | Path,
-                     cfg: dict[str, Any], dataset: str, backbone: str, seed: int, fraction: float,
-                     threads: int | None = None) -> dict[str, Any]:
-    """Train on the labelled ``fraction`` of the train split, evaluate the last epoch on test.
+@dataclass(frozen=True)
+class SupervisedFit:
+    """A trained classifier and how it was trained."""
 
-    Writes model.pt (encoder format + ``head`` + ``n_classes``), predictions.parquet (row, y_true,
-    y_pred, proba_0..), history.parquet and metrics.json (stage ``classification``, method
-    ``supervised``). Returns the metrics.json record.
-    """
-    scfg = cfg["supervised"]
-    if threads:
-        torch.set_num_threads(int(threads))
-    t_start = time.perf_counter()
-    device = pick_device(cfg["device"])
-    amp = effective_amp(device, scfg["amp"])
-    seed_everything(seed)
+    model: Classifier
+    feature_dim: int
+    history: pd.DataFrame
+    train_steps: int
+    epochs: int
+    augment_preset: str
+    augment: AugmentParams
 
-    split = read_split(split_path, required=("row", "subset", "label", "label_priority"))
-    train = labelled_subset(split, fraction).sort_values("row")
-    test = split[split["subset"] == "test"].sort_values("row")
-    if train.empty or test.empty:
-        raise DefectbenchError(f"{split_path}: {len(train)} labelled train and {len(test)} test rows; both must be non-empty")
-    n_classes = int(split["label"].max()) + 1
-    cache = load_cache(cache_path)
-    if max(train["row"].max(), test["row"].max()) >= len(cache):
-        raise DefectbenchError(f"{cache_path}: fewer images than the split's rows; rebuild the cache")
-    train_np = np.ascontiguousarray(cache[train["row"].to_numpy()])
-    images = torch.from_numpy(train_np).to(device)
-    labels_np = train["label"].to_numpy(dtype=np.int64)
-    labels = torch.as_tensor(labels_np.copy(), device=device)
+
+def fit_classifier(train: SplitImages, n_classes: int, n_train_split: int, *, backbone: str, scfg: dict[str, Any],
+                   seed: int, device: torch.device, amp: str, checkpoint_path: Path, log_prefix: str) -> SupervisedFit:
+    """Train backbone + head on the labelled ``train`` images for :func:`step_budget` steps
+    (``n_train_split``: the size of the whole train split), resuming from ``checkpoint_path``."""
+    images = torch.from_numpy(train.images).to(device)
+    labels_np = train.labels
+    labels = torch.as_tensor(labels_np, device=device)
     n = len(train)
     batch_size = min(int(scfg["batch_size"]), n)
     preset, aug = resolve_params(scfg["augment"], images)
@@ -134,7 +119,7 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(scfg["lr"]),
                                   weight_decay=float(scfg["weight_decay"]))
     steps_per_epoch = max(1, n // batch_size)
-    total_steps = step_budget(scfg, int((split["subset"] == "train").sum()))
+    total_steps = step_budget(scfg, n_train_split)
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
                  if scfg["schedule"] == "cosine" else None)
@@ -149,36 +134,55 @@ def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_pa
         loss = F.cross_entropy(logits.float(), labels[idx], weight=weights)
         return loss, {"train_accuracy": float((logits.argmax(1) == labels[idx]).float().mean())}
 
-    ckpt = job_checkpoint(Path(model_path).parent, {"cfg": cfg, "fraction": fraction},
-                          {"cache": cache_path, "split": split_path})
-    log.info("supervised %s on %s: %d labelled images (%.3g of train), %d classes, %d steps (%d epochs), device %s, amp %s",
-             backbone, dataset, n, fraction, n_classes, total_steps, epochs, device, amp)
+    log.info("%s%d labelled images, %d classes, %d steps (%d epochs), device %s, amp %s",
+             log_prefix, n, n_classes, total_steps, epochs, device, amp)
     history = train_loop(model, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp=amp,
-                         checkpoint_path=ckpt, checkpoint_every=int(scfg["checkpoint_every"]),
-                         scheduler=scheduler, log_prefix=f"[supervised/{dataset}] ")
+                         checkpoint_path=checkpoint_path, checkpoint_every=int(scfg["checkpoint_every"]),
+                         scheduler=scheduler, log_prefix=log_prefix)
+    return SupervisedFit(model, dim, history, total_steps, epochs, preset, aug)
 
-    proba = predict_proba(model, cache[test["row"].to_numpy()], device, amp)
-    y_true = test["label"].to_numpy(dtype=np.int64)
-    metrics = classification_metrics(y_true, proba, n_classes)
-    predictions = pd.DataFrame({"row": test["row"].to_numpy(), "y_true": y_true, "y_pred": proba.argmax(1)})
-    for c in range(n_classes):
-        predictions[f"proba_{c}"] = proba[:, c]
 
-    save_encoder(model_path, model.backbone, backbone, dim, int(train_np.shape[1]),
-                 extra={"head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()}, "n_classes": n_classes})
-    write_parquet(predictions_path, predictions)
-    write_parquet(history_path, history)
-    labels_pct = round(fraction * 100, 6)
-    record = write_metrics(
-        metrics_path, stage="classification",
-        metrics={**metrics, "train_images": n, "train_steps": total_steps, "epochs": epochs,
-                 "final_loss": float(history["loss"].iloc[-1]),
-                 "images_per_s": float(history["images_per_s"].mean())},
-        config=cfg, keys={"dataset": dataset, "method": "supervised", "backbone": backbone, "seed": seed,
-                          "labels_pct": labels_pct},
-        device=str(device), wall_time_s=time.perf_counter() - t_start,
-        extra={"amp": amp, "augment_preset": preset, "augment": aug.as_dict(), "n_classes": n_classes,
-               "model_selection": "last epoch (no test labels)"},
-    )
-    ckpt.unlink(missing_ok=True)
-    return record
+def train_supervised(*, cache_path: str | Path, split_path: str | Path, model_path: str | Path,
+                     predictions_path: str | Path, history_path: str | Path, metrics_path: str | Path,
+                     cfg: dict[str, Any], dataset: str, backbone: str, seed: int, fraction: float,
+                     threads: int | None = None) -> dict[str, Any]:
+    """Train on the labelled ``fraction`` of the train split, evaluate the last epoch on test.
+
+    Writes model.pt (encoder format + ``head`` + ``n_classes``), predictions.parquet (row, y_true,
+    y_pred, proba_0..), history.parquet and metrics.json (stage ``classification``, method
+    ``supervised``). Returns the metrics.json record.
+    """
+    scfg = cfg["supervised"]
+    keys = {"dataset": dataset, "method": "supervised", "backbone": backbone, "seed": seed,
+            "labels_pct": round(fraction * 100, 6)}
+    with stage_job(stage="classification", cfg=cfg, keys=keys, seed=seed, threads=threads, amp=scfg["amp"]) as job:
+        data = SplitCache(split_path, cache_path, required=("row", "subset", "label", "label_priority"))
+        train = data.take(labelled_subset(data.split, fraction))
+        test = data.subset("test")
+        if not len(train) or not len(test):
+            raise DefectbenchError(f"{split_path}: {len(train)} labelled train and {len(test)} test rows; both must be non-empty")
+        n_classes = int(data.split["label"].max()) + 1
+        with checkpointed(Path(model_path).parent, {"cfg": cfg, "fraction": fraction},
+                          {"cache": cache_path, "split": split_path}) as ckpt:
+            fit = fit_classifier(train, n_classes, int((data.split["subset"] == "train").sum()), backbone=backbone,
+                                 scfg=scfg, seed=seed, device=job.device, amp=job.amp, checkpoint_path=ckpt,
+                                 log_prefix=f"[supervised/{dataset}] ")
+            proba = predict_proba(fit.model, test.images, job.device, job.amp)
+            y_true = test.labels
+            metrics = classification_metrics(y_true, proba, n_classes)
+            predictions = pd.DataFrame({"row": test.row_ids, "y_true": y_true, "y_pred": proba.argmax(1)})
+            for c in range(n_classes):
+                predictions[f"proba_{c}"] = proba[:, c]
+            save_encoder(model_path, fit.model.backbone, backbone, fit.feature_dim, int(train.images.shape[1]),
+                         extra={"head": {k: v.detach().cpu() for k, v in fit.model.head.state_dict().items()},
+                                "n_classes": n_classes})
+            write_parquet(predictions_path, predictions)
+            write_parquet(history_path, fit.history)
+            return job.write_metrics(
+                metrics_path,
+                metrics={**metrics, "train_images": len(train), "train_steps": fit.train_steps, "epochs": fit.epochs,
+                         "final_loss": float(fit.history["loss"].iloc[-1]),
+                         "images_per_s": float(fit.history["images_per_s"].mean())},
+                extra={"amp": job.amp, "augment_preset": fit.augment_preset, "augment": fit.augment.as_dict(),
+                       "n_classes": n_classes, "model_selection": "last epoch (no test labels)"},
+            )

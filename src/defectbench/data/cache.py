@@ -167,13 +167,13 @@ class SplitImages:
 
     @property
     def row_ids(self) -> np.ndarray:
-        """(n,) int64 manifest/cache rows."""
-        return self.rows["row"].to_numpy(dtype=np.int64)
+        """(n,) int64 manifest/cache rows (a fresh array)."""
+        return np.array(self.rows["row"], dtype=np.int64)
 
     @property
     def labels(self) -> np.ndarray:
-        """(n,) int64 split labels."""
-        return self.rows["label"].to_numpy(dtype=np.int64)
+        """(n,) int64 split labels (a fresh array)."""
+        return np.array(self.rows["label"], dtype=np.int64)
 
 
 class SplitCache:

@@ -41,16 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectbench.data.cache import split_images
+from defectbench.data.cache import SplitCache
 from defectbench.runtime import (
     DefectbenchError,
-    Timer,
     atomic_dir,
     autocast_context,
-    effective_amp,
-    pick_device,
     seed_everything,
-    write_metrics,
+    stage_job,
     write_parquet,
 )
 
@@ -347,17 +344,12 @@ def convergence(final_loss: float, errors: dict[str, float] | None, max_loss: fl
     return ok
 
 
-def _masked_test_images(cache_path: str | os.PathLike, split_path: str | os.PathLike,
-                        masks_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(images, bool masks) of the split's ``test`` images whose defect mask is not empty."""
-    test, test_rows = split_images(cache_path, split_path, ["test"])
-    masks = np.load(masks_path, mmap_mode="r")
-    if masks.ndim != 3 or masks.shape[1:] != test.shape[1:3]:
-        raise DefectbenchError(f"{masks_path}: masks {masks.shape} do not match the {test.shape[1]} px cache "
-                               f"{cache_path}; rerun build_cache")
-    test_masks = np.asarray(masks[test_rows["row"].to_numpy()]) > 0
-    keep = test_masks.any(axis=(1, 2))
-    return test[keep], test_masks[keep]
+def _masked_test_images(data: SplitCache) -> tuple[np.ndarray, np.ndarray]:
+    """(images, bool masks) of the split's ``test`` images whose defect mask is not empty
+    (``data`` opened with the mask cache)."""
+    test = data.subset("test")
+    keep = test.masks.any(axis=(1, 2))
+    return test.images[keep], test.masks[keep]
 
 
 def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathLike, model_dir: str | os.PathLike,
@@ -368,52 +360,54 @@ def pretrain_diffusion(cache_path: str | os.PathLike, split_path: str | os.PathL
     the EMA UNet + scheduler (``model_dir``), ``history.parquet`` and ``metrics.json``.
 
     ``cfg`` is the rule's config slice: ``{"diffusion": {...}, "device": ..., "protocol": ...}``.
-    The checkpoint lives beside ``model_dir``, named by the hash of the config slice (a changed
-    config never resumes a stale run), and is removed once the outputs are written.
+    The checkpoint lives beside ``model_dir`` (:func:`defectbench.train.checkpointed`: named by
+    the config slice and the inputs' content, so a changed config never resumes a stale run) and
+    is removed once the outputs are written.
 
     metrics.json reports whether the model converged (``extra.converged``, :func:`convergence`):
     the final loss against ``converged_loss`` and, with ``masks_path`` (the anomaly task, whose
     train subset is nominal only), :func:`mask_reconstruction_errors` on the split's ``test``
     images that have a defect mask. The check only reports: it selects nothing.
     """
-    dcfg = cfg["diffusion"]
-    device = pick_device(cfg["device"])
-    amp = dcfg["amp"]
-    images, rows = split_images(cache_path, split_path, ["train"])
-    log.info("diffusion: %s/%s seed %d: %d train images of %d px on %s", dataset, task, seed, len(images),
-             images.shape[1] if len(images) else 0, device)
-    masked = _masked_test_images(cache_path, split_path, masks_path) if masks_path is not None else None
-    from defectbench.train import job_checkpoint
+    from defectbench.train import checkpointed
 
-    checkpoint = job_checkpoint(Path(model_dir).parent, cfg, {"cache": cache_path, "split": split_path})
-    with Timer() as timer:
-        unet, scheduler, history = train_ddpm(images, dcfg, seed=seed, device=device, checkpoint_path=checkpoint)
-        errors = None
-        if masked is not None and len(masked[0]):
-            errors = mask_reconstruction_errors(unet, scheduler, *masked, seed=seed, device=device,
-                                                batch_size=int(dcfg["batch_size"]), amp=amp)
-    save_diffusion(model_dir, unet, scheduler)
-    write_parquet(history_path, history)
-    n_params = sum(p.numel() for p in unet.parameters())
-    final_loss = float(history["loss"].iloc[-1])
+    dcfg = cfg["diffusion"]
+    keys = {"dataset": dataset, "seed": seed, "method": "ddpm", "backbone": "unet2d", "task": task}
+    with stage_job(stage="pretraining", cfg=cfg, keys=keys, seed=seed, amp=dcfg["amp"]) as job:
+        data = SplitCache(split_path, cache_path, masks_path=masks_path)
+        images = data.subset("train").images
+        log.info("diffusion: %s/%s seed %d: %d train images of %d px on %s", dataset, task, seed, len(images),
+                 images.shape[1] if len(images) else 0, job.device)
+        masked = _masked_test_images(data) if masks_path is not None else None
+        with checkpointed(Path(model_dir).parent, cfg, {"cache": cache_path, "split": split_path}) as checkpoint:
+            unet, scheduler, history = train_ddpm(images, dcfg, seed=seed, device=job.device, checkpoint_path=checkpoint)
+            errors = None
+            if masked is not None and len(masked[0]):
+                errors = mask_reconstruction_errors(unet, scheduler, *masked, seed=seed, device=job.device,
+                                                    batch_size=int(dcfg["batch_size"]), amp=job.amp)
+            save_diffusion(model_dir, unet, scheduler)
+            write_parquet(history_path, history)
+            final_loss = float(history["loss"].iloc[-1])
+            converged = _report_convergence(final_loss, errors, dcfg, f"{dataset}/{task} seed {seed}")
+            return job.write_metrics(
+                metrics_path,
+                metrics={"final_loss": final_loss, "epochs": float(len(history)),
+                         "n_train": float(len(images)), "n_parameters": float(sum(p.numel() for p in unet.parameters())),
+                         "images_per_s": float(history["images_per_s"].mean()), **(errors or {})},
+                extra={"amp": job.amp, "image_size": int(images.shape[1]), "converged": converged},
+            )
+
+
+def _report_convergence(final_loss: float, errors: dict[str, float] | None, dcfg: dict[str, Any], what: str) -> bool:
+    """:func:`convergence` under the ``diffusion`` section's limits, with a warning when it failed."""
     max_loss, min_ratio = float(dcfg["converged_loss"]), float(dcfg["converged_mask_ratio"])
     converged = convergence(final_loss, errors, max_loss, min_ratio)
     if not converged:
-        log.warning("diffusion: %s/%s seed %d did not converge: final loss %.4f (converged_loss %g), in/out-of-mask "
+        log.warning("diffusion: %s did not converge: final loss %.4f (converged_loss %g), in/out-of-mask "
                     "reconstruction error ratio %s (converged_mask_ratio %g); train longer or at a higher lr",
-                    dataset, task, seed, final_loss, max_loss,
+                    what, final_loss, max_loss,
                     "not measured" if errors is None else f"{errors['rec_error_ratio']:.2f}", min_ratio)
-    record = write_metrics(
-        metrics_path, stage="pretraining",
-        metrics={"final_loss": final_loss, "epochs": float(len(history)),
-                 "n_train": float(len(images)), "n_parameters": float(n_params),
-                 "images_per_s": float(history["images_per_s"].mean()), **(errors or {})},
-        config=cfg, keys={"dataset": dataset, "seed": seed, "method": "ddpm", "backbone": "unet2d", "task": task},
-        device=str(device), wall_time_s=timer.seconds,
-        extra={"amp": effective_amp(device, amp), "image_size": int(images.shape[1]), "converged": converged},
-    )
-    checkpoint.unlink(missing_ok=True)
-    return record
+    return converged
 
 
 __all__ = [

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectbench.data.cache import split_images
+from defectbench.data.cache import read_split_images
 from defectbench.diffusion.ddpm import (
     alpha_bar,
     ddim_step,
@@ -38,14 +38,7 @@ from defectbench.diffusion.ddpm import (
     to_model_range,
     to_uint8,
 )
-from defectbench.runtime import (
-    DefectbenchError,
-    Timer,
-    atomic_path,
-    autocast_context,
-    effective_amp,
-    pick_device,
-)
+from defectbench.runtime import DefectbenchError, Timer, atomic_path, autocast_context, stage_job
 
 log = logging.getLogger("defectbench")
 
@@ -149,26 +142,27 @@ def diffusion_views(model_dir: str | os.PathLike, cache_path: str | os.PathLike,
     Returns the array (memory-mapped from the final file).
     """
     vcfg = cfg["diffusion"]["views"]
-    device = pick_device(cfg["device"])
-    amp = cfg["diffusion"].get("amp", "none")
-    unet, scheduler = load_diffusion(model_dir, device)
-    images, split_rows = split_images(cache_path, split_path, ["train"])
-    if len(images) and images.shape[1] != unet.config.sample_size:
-        raise DefectbenchError(f"{model_dir}: model trained at {unet.config.sample_size} px but {cache_path} is "
-                               f"{images.shape[1]} px; rerun pretrain_diffusion")
-    k = int(vcfg["k"])
-    size = int(images.shape[1]) if len(images) else int(unet.config.sample_size)
-    log.info("diffusion views: %d images x %d views on %s (amp %s)", len(images), k, device, effective_amp(device, amp))
-    with Timer() as timer, atomic_path(views_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), k, size, size, 3))
-        make_views(unet, scheduler, images, split_rows["row"].to_numpy(), k=k,
-                   strength_min=float(vcfg["strength_min"]), strength_max=float(vcfg["strength_max"]),
-                   ddim_steps=int(vcfg["ddim_steps"]), batch_size=int(vcfg["batch_size"]), seed=seed,
-                   device=device, amp=amp, out=out)
-        out.flush()
-        m = min(len(images), 256)  # a sample is enough for the log line
-        diff = float(np.abs(out[:m].astype(np.float32) - images[:m, None].astype(np.float32)).mean()) if m else 0.0
-        del out
-    log.info("diffusion views: done in %.1fs (%.1f views/s), mean |view - image| %.2f of 255",
-             timer.seconds, len(images) * k / max(timer.seconds, 1e-9), diff)
+    with stage_job(stage="diffusion_views", cfg=cfg, keys={"seed": seed}, seed=seed,
+                   amp=cfg["diffusion"].get("amp", "none")) as job:
+        unet, scheduler = load_diffusion(model_dir, job.device)
+        train = read_split_images(split_path, cache_path, "train")
+        images = train.images
+        if len(images) and images.shape[1] != unet.config.sample_size:
+            raise DefectbenchError(f"{model_dir}: model trained at {unet.config.sample_size} px but {cache_path} is "
+                                   f"{images.shape[1]} px; rerun pretrain_diffusion")
+        k = int(vcfg["k"])
+        size = int(images.shape[1]) if len(images) else int(unet.config.sample_size)
+        log.info("diffusion views: %d images x %d views on %s (amp %s)", len(images), k, job.device, job.amp)
+        with Timer() as timer, atomic_path(views_path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), k, size, size, 3))
+            make_views(unet, scheduler, images, train.row_ids, k=k,
+                       strength_min=float(vcfg["strength_min"]), strength_max=float(vcfg["strength_max"]),
+                       ddim_steps=int(vcfg["ddim_steps"]), batch_size=int(vcfg["batch_size"]), seed=seed,
+                       device=job.device, amp=job.amp, out=out)
+            out.flush()
+            m = min(len(images), 256)  # a sample is enough for the log line
+            diff = float(np.abs(out[:m].astype(np.float32) - images[:m, None].astype(np.float32)).mean()) if m else 0.0
+            del out
+        log.info("diffusion views: %.1f views/s, mean |view - image| %.2f of 255",
+                 len(images) * k / max(timer.seconds, 1e-9), diff)
     return np.load(views_path, mmap_mode="r")

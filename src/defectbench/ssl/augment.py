@@ -119,12 +119,8 @@ def _geometry(b: int, p: AugmentParams, gen: torch.Generator, device: torch.devi
     """(B, 2, 3) affine matrices: output grid -> input coordinates (crop ∘ rotation ∘ flips)."""
     scale = _uniform(gen, b, *p.crop_scale, device)
     log_ratio = _uniform(gen, b, math.log(p.crop_ratio[0]), math.log(p.crop_ratio[1]), device)
-    ratio = log_ratio.exp()
-    # crop width/height as fractions of the image (torchvision clips instead of retrying; so do we)
-    w = (scale * ratio).sqrt().clamp(max=1.0)
-    h = (scale / ratio).sqrt().clamp(max=1.0)
-    cx = (1 - w) * (2 * torch.rand(b, generator=gen, device=device) - 1)
-    cy = (1 - h) * (2 * torch.rand(b, generator=gen, device=device) - 1)
+    ux = torch.rand(b, generator=gen, device=device)
+    uy = torch.rand(b, generator=gen, device=device)
     fx = 1 - 2 * _bernoulli(gen, b, p.hflip, device).float()
     fy = 1 - 2 * _bernoulli(gen, b, p.vflip, device).float()
     if p.rot90:
@@ -132,8 +128,22 @@ def _geometry(b: int, p: AugmentParams, gen: torch.Generator, device: torch.devi
         cos, sin = k.cos().round(), k.sin().round()
     else:
         cos, sin = torch.ones(b, device=device), torch.zeros(b, device=device)
+    return _crop_theta(scale, log_ratio, ux, uy, fx, fy, cos, sin)
+
+
+def _crop_theta(area: torch.Tensor, log_ratio: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor,
+                fx: torch.Tensor, fy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) affine matrices of random-resized crops: crop area fraction ``area``, aspect
+    ratio ``exp(log_ratio)``, crop centre placed by ``ux``, ``uy`` in [0, 1) so that the crop lies
+    inside the image, then rotation (``cos``, ``sin``) and flips (``fx``, ``fy`` = ±1)."""
+    ratio = log_ratio.exp()
+    # crop width/height as fractions of the image (torchvision clips instead of retrying; so do we)
+    w = (area * ratio).sqrt().clamp(max=1.0)
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (1 - w) * (2 * ux - 1)
+    cy = (1 - h) * (2 * uy - 1)
     # in = diag(w, h) · R · diag(fx, fy) · out + c
-    theta = torch.zeros(b, 2, 3, device=device)
+    theta = torch.zeros(len(area), 2, 3, device=area.device, dtype=area.dtype)
     theta[:, 0, 0] = w * cos * fx
     theta[:, 0, 1] = -w * sin * fy
     theta[:, 1, 0] = h * sin * fx
@@ -141,6 +151,29 @@ def _geometry(b: int, p: AugmentParams, gen: torch.Generator, device: torch.devi
     theta[:, 0, 2] = cx
     theta[:, 1, 2] = cy
     return theta
+
+
+def random_resized_crop_flip(images: torch.Tensor, generator: torch.Generator,
+                             scale: tuple[float, float] = (0.2, 1.0),
+                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """The linear probe's augmentation (A.4): per-image random-resized crop (area fraction in
+    ``scale``, aspect ratio in ``ratio``) back to the input size and horizontal flip with
+    probability 1/2, of a float (B,3,S,S) batch in [0, 1] (no normalisation).
+
+    The crop geometry is :func:`augment_batch`'s; the draws are not: one (B, 5) uniform tensor per
+    batch (area, log-ratio, centre x, centre y, flip) and border padding, the recipe the recorded
+    probe results were computed with. The generator must live on the images' device.
+    """
+    b, _, h, w = images.shape
+    dev = images.device
+    u = torch.rand(b, 5, generator=generator, device=dev)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    ones = torch.ones(b, device=dev)
+    theta = _crop_theta(area, log_ratio, u[:, 2], u[:, 3], flip, ones, ones, torch.zeros(b, device=dev))
+    grid = F.affine_grid(theta.to(images.dtype), [b, 3, h, w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

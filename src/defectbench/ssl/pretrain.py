@@ -22,7 +22,7 @@ the views; without them its FairKL weight is effectively 0 (ε-SupInfoNCE only; 
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,13 @@ import numpy as np
 import torch
 
 from defectbench import registry
-from defectbench.data.cache import load_cache
-from defectbench.data.splits import read_split
+from defectbench.data.cache import read_split_images
 from defectbench.models.backbones import build_backbone
 from defectbench.models.encoders import save_encoder
 from defectbench.models.projector import ContrastiveModel
-from defectbench.runtime import (
-    DefectbenchError, effective_amp, pick_device, seed_everything, set_deterministic, write_metrics, write_parquet,
-)
+from defectbench.runtime import DefectbenchError, set_deterministic, stage_job, write_parquet
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params, weaker
-from defectbench.train import compiled, epoch_generator, fused_adam, job_checkpoint, train_loop
+from defectbench.train import checkpointed, compiled, epoch_generator, fused_adam, train_loop
 
 log = logging.getLogger("defectbench")
 
@@ -72,19 +69,6 @@ def loss_kwargs(method: str, ccfg: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _read_train(split_path: str | Path, cache_path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, labels, uint8 images) of the split's train subset, sorted by row."""
-    split = read_split(split_path)
-    train = split[split["subset"] == "train"].sort_values("row")
-    if train.empty:
-        raise DefectbenchError(f"{split_path}: no train rows; check the dataset and its split")
-    cache = load_cache(cache_path)
-    rows = train["row"].to_numpy(dtype=np.int64)
-    if rows.max() >= len(cache):
-        raise DefectbenchError(f"{cache_path}: has {len(cache)} images but the split needs row {rows.max()}; rebuild the cache")
-    return rows, train["label"].to_numpy(dtype=np.int64), np.ascontiguousarray(cache[rows])
-
-
 def _read_views(views_path: str | Path, n_train: int, image_shape: tuple[int, ...]) -> np.ndarray:
     try:
         views = np.load(views_path, mmap_mode="r")
@@ -110,6 +94,114 @@ def _cosine_diagnostics(z1: torch.Tensor, z2: torch.Tensor) -> dict[str, float]:
     return {"pos_cos": float(pos), "neg_cos": float(neg)}
 
 
+@dataclass(frozen=True)
+class _MethodPlan:
+    """What a contrastive method needs, settled before the job starts (config errors first)."""
+
+    loss_kwargs: dict[str, Any]
+    needs_views: bool  # it reads the diffusion views file
+    variant: str  # diffcl's "views" | "adainf"; "views" for every other method
+    real_prob: float  # probability that view 2 is the real image (1.0 without views)
+    label: str  # the method name its records carry (method_label)
+
+
+def _plan(method: str, ccfg: dict[str, Any], views_path: str | Path | None) -> _MethodPlan:
+    mparams = method_params(method, ccfg)
+    kwargs = loss_kwargs(method, ccfg)
+    # fairkl without views trains with FairKL weight 0 (documented); diffcl cannot.
+    needs_views = views_path is not None and registry.reads_views(method, mparams, diffusion_enabled=True)
+    if method == "diffcl" and not needs_views:
+        raise DefectbenchError("diffcl needs the diffusion views file (results/pretrain/diffusion/.../views.npy); enable diffusion")
+    return _MethodPlan(kwargs, needs_views, mparams["variant"] if method == "diffcl" else "views",
+                       float(mparams["real_prob"]) if needs_views else 1.0, method_label(method, needs_views, kwargs))
+
+
+class _ContrastiveSteps:
+    """The ``batches`` and ``step`` callables of :func:`defectbench.train.train_loop` for one method.
+
+    Holds the train images (uint8, on the device), their labels and the diffusion views (or None).
+    Each epoch draws a permutation of the pool (n real images; 2n with AdaInf's generated ones)
+    with the epoch generator; DiffCL's view-source draws use their own per-epoch stream
+    (``epoch_generator(..., stream=1)``), so that the augmentation draws (and hence everything
+    else) are exactly SimCLR's: with real_prob=1 DiffCL *is* SimCLR.
+    """
+
+    def __init__(self, forward: torch.nn.Module, method: str, plan: _MethodPlan, images: torch.Tensor,
+                 labels: torch.Tensor, views: torch.Tensor | None, *, aug: AugmentParams, batch_size: int,
+                 channels_last: bool, seed: int):
+        self.forward, self.method, self.plan = forward, method, plan  # the model, or its torch.compile
+        self.images, self.labels, self.views = images, labels, views
+        self.aug, self.weak = aug, weaker(aug)
+        self.n = len(images)
+        self.pool = 2 * self.n if plan.variant == "adainf" else self.n
+        self.batch_size, self.channels_last, self.seed = batch_size, channels_last, seed
+        self.steps_per_epoch = self.pool // batch_size
+        self.loss_fn = registry.implementation("contrastive_methods", method)
+        self.reads_labels = "labels" in registry.entry("contrastive_methods", method).reads
+        self.source_gen: torch.Generator | None = None
+
+    def batches(self, epoch: int, gen: torch.Generator):
+        device = self.images.device
+        self.source_gen = epoch_generator(self.seed, epoch, device, stream=1)
+        perm = torch.randperm(self.pool, generator=gen, device=device)
+        for i in range(self.steps_per_epoch):
+            yield perm[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def _views_of(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(view 1, view 2, bias label of view 2: 1 where it is a diffusion variant) for train rows idx."""
+        first = self.images[idx]
+        second, generated = first, torch.zeros(len(idx), dtype=torch.bool, device=idx.device)
+        if self.views is not None and self.plan.variant == "views":
+            generated = torch.rand(len(idx), generator=self.source_gen, device=idx.device) >= self.plan.real_prob
+            k = torch.randint(0, self.views.shape[1], (len(idx),), generator=self.source_gen, device=idx.device)
+            second = torch.where(generated.view(-1, 1, 1, 1), self.views[idx, k], first)
+        return augment_batch(first, self.aug, gen), augment_batch(second, self.aug, gen), generated
+
+    def _adainf_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(view 1, view 2, generated, labels) of a batch of AdaInf's pool: indices < n are real
+        images, the others a random diffusion variant of real image ``idx - n``, weakly augmented."""
+        real_idx, gen_idx = idx[idx < self.n], idx[idx >= self.n] - self.n
+        v1r, v2r, _ = self._views_of(real_idx, gen)
+        k = torch.randint(0, self.views.shape[1], (len(gen_idx),), generator=self.source_gen, device=idx.device)
+        g = self.views[gen_idx, k]
+        v1 = torch.cat([v1r, augment_batch(g, self.weak, gen)])
+        v2 = torch.cat([v2r, augment_batch(g, self.weak, gen)])
+        generated = torch.cat([torch.zeros(len(real_idx), dtype=torch.bool, device=idx.device),
+                               torch.ones(len(gen_idx), dtype=torch.bool, device=idx.device)])
+        return v1, v2, generated, torch.cat([self.labels[real_idx], self.labels[gen_idx]])
+
+    def step(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.plan.variant == "adainf":
+            v1, v2, generated, batch_labels = self._adainf_views(idx, gen)
+        else:
+            v1, v2, generated = self._views_of(idx, gen)
+            batch_labels = self.labels[idx]
+        x = torch.cat([v1, v2])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _, z = self.forward(x)
+        z1, z2 = z.float().chunk(2)
+        extra: dict[str, Any] = {}
+        if self.reads_labels:
+            extra["labels"] = batch_labels
+        if self.method == "fairkl":
+            # bias label per view: view 1 is always real, view 2 generated where drawn from the variants
+            extra["bias_labels"] = torch.cat([torch.zeros_like(generated), generated]).long() if self.plan.needs_views else None
+        loss = self.loss_fn(z1, z2, **extra, **self.plan.loss_kwargs)
+        diagnostics = _cosine_diagnostics(z1, z2)
+        if self.views is not None:
+            diagnostics["generated_frac"] = float(generated.float().mean())
+        return loss, diagnostics
+
+
+def _optimizer(model: torch.nn.Module, ccfg: dict[str, Any], total_steps: int, device: torch.device):
+    """(Adam, fused where torch has the kernel; cosine-per-step scheduler or None) of the ``contrastive`` section."""
+    optimizer = fused_adam(model.parameters(), lr=float(ccfg["lr"]), weight_decay=float(ccfg["weight_decay"]), device=device)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+                 if ccfg["schedule"] == "cosine" else None)
+    return optimizer, scheduler
+
+
 def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, encoder_path: str | Path,
                          history_path: str | Path, metrics_path: str | Path, cfg: dict[str, Any], dataset: str,
                          method: str, backbone: str, seed: int, task: str,
@@ -120,131 +212,58 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
     ``device``); ``threads`` caps torch's CPU threads (the rule's ``threads``). Returns the
     metrics.json record.
     """
-    if threads:
-        torch.set_num_threads(int(threads))
     ccfg = cfg["contrastive"]
-    mparams = method_params(method, ccfg)
-    kwargs = loss_kwargs(method, ccfg)
-    loss_fn = registry.implementation("contrastive_methods", method)
-    # fairkl without views trains with FairKL weight 0 (documented); diffcl cannot.
-    needs_views = views_path is not None and registry.reads_views(method, mparams, diffusion_enabled=True)
-    if method == "diffcl" and not needs_views:
-        raise DefectbenchError("diffcl needs the diffusion views file (results/pretrain/diffusion/.../views.npy); enable diffusion")
-    variant = mparams["variant"] if method == "diffcl" else "views"
-    real_prob = float(mparams["real_prob"]) if needs_views else 1.0
-
-    t_start = time.perf_counter()
-    device = pick_device(cfg["device"])
-    amp = effective_amp(device, ccfg["amp"])
-    set_deterministic(cfg.get("deterministic", False))  # params carry the key only when true
-    seed_everything(seed)
-    rows, labels_np, images_np = _read_train(split_path, cache_path)
-    images = torch.from_numpy(images_np).to(device)
-    labels = torch.as_tensor(labels_np.copy(), device=device)
-    views = torch.from_numpy(_read_views(views_path, len(rows), images_np.shape[1:])).to(device) if needs_views else None
-    n = len(rows)
-    batch_size = int(ccfg["batch_size"])
-    if n < 2:
-        raise DefectbenchError(f"{split_path}: {n} train image(s); contrastive pretraining needs at least 2")
-    pool = 2 * n if variant == "adainf" else n
-    if batch_size > pool:
-        log.warning("batch_size %d > %d training images: using %d", batch_size, pool, pool)
-        batch_size = pool
-    image_size = int(images_np.shape[1])
-    preset, aug = resolve_params(ccfg["augment"], images)
-    weak = weaker(aug)
-    channels_last = bool(ccfg["channels_last"])
-
-    net, dim = build_backbone(backbone, ccfg["pretrained"])
-    model = ContrastiveModel(net, dim, list(ccfg["projector"])).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = fused_adam(model.parameters(), lr=float(ccfg["lr"]), weight_decay=float(ccfg["weight_decay"]), device=device)
-    forward = compiled(model, bool(ccfg["compile"]), device, "contrastive.compile")
-    epochs = int(ccfg["epochs"])
-    steps_per_epoch = pool // batch_size
-    scheduler = None
-    if ccfg["schedule"] == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-
-    # DiffCL's view-source draws use their own per-epoch stream, so that the augmentation draws
-    # (and hence everything else) are exactly SimCLR's: with real_prob=1 DiffCL *is* SimCLR.
-    source_gen: dict[str, torch.Generator] = {}
-
-    def batches(epoch: int, gen: torch.Generator):
-        source_gen["gen"] = epoch_generator(seed, epoch, device, stream=1)
-        perm = torch.randperm(pool, generator=gen, device=device)
-        for i in range(steps_per_epoch):
-            yield perm[i * batch_size:(i + 1) * batch_size]
-
-    def views_of(idx: torch.Tensor, params: AugmentParams, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(view 1, view 2, bias label of view 2: 1 where it is a diffusion variant) for train rows idx."""
-        first = images[idx]
-        second, generated = first, torch.zeros(len(idx), dtype=torch.bool, device=device)
-        if views is not None and variant == "views":
-            sgen = source_gen["gen"]
-            generated = torch.rand(len(idx), generator=sgen, device=device) >= real_prob
-            k = torch.randint(0, views.shape[1], (len(idx),), generator=sgen, device=device)
-            second = torch.where(generated.view(-1, 1, 1, 1), views[idx, k], first)
-        return augment_batch(first, params, gen), augment_batch(second, params, gen), generated
-
-    def step(idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        if variant == "adainf":
-            # Pool = n real images + n generated ones (a random variant of each real image).
-            real_idx, gen_idx = idx[idx < n], idx[idx >= n] - n
-            v1r, v2r, _ = views_of(real_idx, aug, gen)
-            k = torch.randint(0, views.shape[1], (len(gen_idx),), generator=source_gen["gen"], device=device)
-            g = views[gen_idx, k]
-            v1 = torch.cat([v1r, augment_batch(g, weak, gen)])
-            v2 = torch.cat([v2r, augment_batch(g, weak, gen)])
-            generated = torch.cat([torch.zeros(len(real_idx), dtype=torch.bool, device=device),
-                                   torch.ones(len(gen_idx), dtype=torch.bool, device=device)])
-            batch_labels = torch.cat([labels[real_idx], labels[gen_idx]])
-        else:
-            v1, v2, generated = views_of(idx, aug, gen)
-            batch_labels = labels[idx]
-        x = torch.cat([v1, v2])
+    plan = _plan(method, ccfg, views_path)
+    keys = {"dataset": dataset, "method": plan.label, "backbone": backbone, "seed": seed, "task": task}
+    with stage_job(stage="pretraining", cfg=cfg, keys=keys, seed=seed, threads=threads, amp=ccfg["amp"]) as job:
+        set_deterministic(cfg.get("deterministic", False))  # params carry the key only when true
+        train = read_split_images(split_path, cache_path, "train", min_rows=1)
+        n = len(train)
+        if n < 2:
+            raise DefectbenchError(f"{split_path}: {n} train image(s); contrastive pretraining needs at least 2")
+        images = torch.from_numpy(train.images).to(job.device)
+        labels = torch.as_tensor(train.labels, device=job.device)
+        views = (torch.from_numpy(_read_views(views_path, n, train.images.shape[1:])).to(job.device)
+                 if plan.needs_views else None)
+        pool = 2 * n if plan.variant == "adainf" else n
+        batch_size = int(ccfg["batch_size"])
+        if batch_size > pool:
+            log.warning("batch_size %d > %d training images: using %d", batch_size, pool, pool)
+            batch_size = pool
+        preset, aug = resolve_params(ccfg["augment"], images)
+        channels_last = bool(ccfg["channels_last"])
+        net, dim = build_backbone(backbone, ccfg["pretrained"])
+        model = ContrastiveModel(net, dim, list(ccfg["projector"])).to(job.device)
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        _, z = forward(x)
-        z1, z2 = z.float().chunk(2)
-        extra: dict[str, Any] = {}
-        if "labels" in registry.entry("contrastive_methods", method).reads:
-            extra["labels"] = batch_labels
-        if method == "fairkl":
-            # bias label per view: view 1 is always real, view 2 generated where drawn from the variants
-            extra["bias_labels"] = torch.cat([torch.zeros_like(generated), generated]).long() if needs_views else None
-        loss = loss_fn(z1, z2, **extra, **kwargs)
-        diagnostics = _cosine_diagnostics(z1, z2)
-        if views is not None:
-            diagnostics["generated_frac"] = float(generated.float().mean())
-        return loss, diagnostics
-
-    ckpt = job_checkpoint(Path(encoder_path).parent, cfg, {
-        "cache": cache_path, "split": split_path, "views": views_path if needs_views else None})
-    log.info("pretrain %s on %s/%s (%d images, %s, batch %d, %d epochs, device %s, amp %s, augment %s)",
-             method, dataset, task, n, backbone, batch_size, epochs, device, amp, preset)
-    history = train_loop(model, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp=amp,
-                         checkpoint_path=ckpt, checkpoint_every=int(ccfg["checkpoint_every"]),
-                         scheduler=scheduler, batch_size_of=len, log_prefix=f"[{method}/{dataset}] ")
-    save_encoder(encoder_path, model.backbone, backbone, dim, image_size)
-    write_parquet(history_path, history)
-    seconds = float(history["seconds"].sum())
-    images_seen = float((history["images_per_s"] * history["seconds"]).sum())
-    record = write_metrics(
-        metrics_path, stage="pretraining",
-        metrics={"final_loss": float(history["loss"].iloc[-1]), "images_per_s": images_seen / max(seconds, 1e-9),
-                 "train_seconds": seconds, "epochs": epochs, "train_steps": epochs * steps_per_epoch,
-                 "train_images": n, "batch_size": batch_size},
-        config=cfg, keys={"dataset": dataset, "method": method_label(method, needs_views, kwargs), "backbone": backbone,
-                          "seed": seed, "task": task},
-        device=str(device), wall_time_s=time.perf_counter() - t_start,
-        extra={"amp": amp, "channels_last": channels_last, "deterministic": torch.are_deterministic_algorithms_enabled(),
-               "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "augment_preset": preset, "augment": aug.as_dict(),
-               "loss_params": kwargs, "diffcl_variant": variant if method == "diffcl" else None,
-               "fairkl_bias": ("real_vs_generated" if needs_views else "none (weight 0: eps-SupInfoNCE only)")
-               if method == "fairkl" else None,
-               "note": "DiffCL is a reconstruction (no reference code released)" if method == "diffcl" else None},
-    )
-    ckpt.unlink(missing_ok=True)
-    return record
+            model = model.to(memory_format=torch.channels_last)
+        forward = compiled(model, bool(ccfg["compile"]), job.device, "contrastive.compile")
+        steps = _ContrastiveSteps(forward, method, plan, images, labels, views, aug=aug, batch_size=batch_size,
+                                  channels_last=channels_last, seed=seed)
+        epochs = int(ccfg["epochs"])
+        optimizer, scheduler = _optimizer(model, ccfg, epochs * steps.steps_per_epoch, job.device)
+        log.info("pretrain %s on %s/%s (%d images, %s, batch %d, %d epochs, device %s, amp %s, augment %s)",
+                 method, dataset, task, n, backbone, batch_size, epochs, job.device, job.amp, preset)
+        with checkpointed(Path(encoder_path).parent, cfg, {
+                "cache": cache_path, "split": split_path, "views": views_path if plan.needs_views else None}) as ckpt:
+            history = train_loop(model, optimizer, steps.step, steps.batches, epochs=epochs, seed=seed,
+                                 device=job.device, amp=job.amp, checkpoint_path=ckpt,
+                                 checkpoint_every=int(ccfg["checkpoint_every"]), scheduler=scheduler,
+                                 batch_size_of=len, log_prefix=f"[{method}/{dataset}] ")
+            save_encoder(encoder_path, model.backbone, backbone, dim, int(train.images.shape[1]))
+            write_parquet(history_path, history)
+            seconds = float(history["seconds"].sum())
+            images_seen = float((history["images_per_s"] * history["seconds"]).sum())
+            return job.write_metrics(
+                metrics_path,
+                metrics={"final_loss": float(history["loss"].iloc[-1]), "images_per_s": images_seen / max(seconds, 1e-9),
+                         "train_seconds": seconds, "epochs": epochs, "train_steps": epochs * steps.steps_per_epoch,
+                         "train_images": n, "batch_size": batch_size},
+                extra={"amp": job.amp, "channels_last": channels_last,
+                       "deterministic": torch.are_deterministic_algorithms_enabled(),
+                       "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                       "augment_preset": preset, "augment": aug.as_dict(),
+                       "loss_params": plan.loss_kwargs, "diffcl_variant": plan.variant if method == "diffcl" else None,
+                       "fairkl_bias": ("real_vs_generated" if plan.needs_views else "none (weight 0: eps-SupInfoNCE only)")
+                       if method == "fairkl" else None,
+                       "note": "DiffCL is a reconstruction (no reference code released)" if method == "diffcl" else None},
+            )
