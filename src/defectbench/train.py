@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from defectbench.runtime import (
-    DefectbenchError, autocast_context, config_hash, effective_amp, load_torch, save_torch,
+    DefectbenchError, Timer, autocast_context, config_hash, effective_amp, load_torch, save_torch,
 )
 
 log = logging.getLogger("defectbench")
@@ -191,52 +191,78 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
     if checkpoint_every < 1:
         raise DefectbenchError(f"checkpoint_every: must be >= 1, got {checkpoint_every}")
     checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
-    extra_state = dict(extra_state or {})
     mode = effective_amp(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=(mode == "fp16" and device.type == "cuda"))
-    history: list[dict[str, Any]] = []
-    start = 0
-
+    trainee = _Trainee(model, optimizer, scheduler, dict(extra_state or {}), scaler)
+    start, history = 0, []
     if checkpoint_path is not None and checkpoint_path.exists():
-        ckpt = load_torch(checkpoint_path, map_location=device)
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(ckpt["scheduler"])
-            for name, obj in extra_state.items():
-                obj.load_state_dict(ckpt["extra_state"][name])
-            scaler.load_state_dict(ckpt["scaler"])
-            _set_rng_state(ckpt["rng"], device)
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise DefectbenchError(
-                f"{checkpoint_path}: checkpoint does not match this model/config ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:120]}); delete it to start from scratch"
-            ) from None
-        start = int(ckpt["epoch"])
-        history = [dict(row) for row in ckpt["history"]]
+        start, history = _resume(checkpoint_path, trainee, device)
         log.info("%sresumed from %s at epoch %d/%d", log_prefix, checkpoint_path, start, epochs)
-
-    def save(epoch: int) -> None:
-        save_torch(checkpoint_path, {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "extra_state": {name: obj.state_dict() for name, obj in extra_state.items()},
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(device),
-            "history": history,
-        })
-
-    hooks = [obj for obj in extra_state.values() if callable(getattr(obj, "update", None))]
     for epoch in range(start, epochs):
-        model.train()
-        gen = epoch_generator(seed, epoch, device)
-        sums: dict[str, float] = {}
-        n_images = 0
-        n_steps = 0
-        t0 = time.perf_counter()
+        row = _run_epoch(trainee, step, batches, epoch=epoch, seed=seed, device=device, mode=mode,
+                         batch_size_of=batch_size_of, log_prefix=log_prefix)
+        history.append(row)
+        log.info("%sepoch %d/%d loss %.4f lr %.3g %.1f img/s %.1fs", log_prefix, epoch + 1, epochs,
+                 row["loss"], row["lr"], row["images_per_s"], row["seconds"])
+        if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            save_torch(checkpoint_path, {"epoch": epoch + 1, **trainee.state_dict(), "rng": _rng_state(device),
+                                         "history": history})
+        for callback in EPOCH_END_CALLBACKS:  # after this epoch's checkpoint, so a failing callback loses none
+            callback(row)
+    return history_frame(history)
+
+
+@dataclass
+class _Trainee:
+    """What a checkpoint saves besides the epoch, the history and the RNG states."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    extra_state: dict[str, Any]
+    scaler: torch.amp.GradScaler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "extra_state": {name: obj.state_dict() for name, obj in self.extra_state.items()},
+            "scaler": self.scaler.state_dict(),
+        }
+
+
+def _resume(checkpoint_path: Path, trainee: _Trainee, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    """Load a checkpoint into ``trainee`` and the global RNGs; (epochs done, history so far)."""
+    ckpt = load_torch(checkpoint_path, map_location=device)
+    try:
+        trainee.model.load_state_dict(ckpt["model"])
+        trainee.optimizer.load_state_dict(ckpt["optimizer"])
+        if trainee.scheduler is not None:
+            trainee.scheduler.load_state_dict(ckpt["scheduler"])
+        for name, obj in trainee.extra_state.items():
+            obj.load_state_dict(ckpt["extra_state"][name])
+        trainee.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"], device)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise DefectbenchError(
+            f"{checkpoint_path}: checkpoint does not match this model/config ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120]}); delete it to start from scratch"
+        ) from None
+    return int(ckpt["epoch"]), [dict(row) for row in ckpt["history"]]
+
+
+def _run_epoch(trainee: _Trainee, step: Callable[[Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
+               batches: Callable[[int, torch.Generator], Iterable[Any]], *, epoch: int, seed: int, device: torch.device,
+               mode: str, batch_size_of: Callable[[Any], int], log_prefix: str) -> dict[str, Any]:
+    """Train one epoch (0-based ``epoch``) with its generator; the epoch's history row."""
+    model, optimizer, scheduler, scaler = trainee.model, trainee.optimizer, trainee.scheduler, trainee.scaler
+    hooks = [obj for obj in trainee.extra_state.values() if callable(getattr(obj, "update", None))]
+    model.train()
+    gen = epoch_generator(seed, epoch, device)
+    sums: dict[str, float] = {}
+    n_images = n_steps = 0
+    with Timer() as timer:
         for batch in batches(epoch, gen):
             with autocast_context(device, mode):
                 loss, diagnostics = step(batch, gen)
@@ -266,24 +292,16 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
             )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": sums.pop("loss") / n_images,
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "images_per_s": n_images / max(seconds, 1e-9),
-            "seconds": seconds,
-            "amp": mode,
-        }
-        row.update({key: value / n_images for key, value in sums.items()})
-        history.append(row)
-        log.info("%sepoch %d/%d loss %.4f lr %.3g %.1f img/s %.1fs", log_prefix, epoch + 1, epochs,
-                 row["loss"], row["lr"], row["images_per_s"], seconds)
-        if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-            save(epoch + 1)
-        for callback in EPOCH_END_CALLBACKS:  # after this epoch's checkpoint, so a failing callback loses none
-            callback(row)
-    return history_frame(history)
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "loss": sums.pop("loss") / n_images,
+        "lr": float(optimizer.param_groups[0]["lr"]),
+        "images_per_s": n_images / max(timer.seconds, 1e-9),
+        "seconds": timer.seconds,
+        "amp": mode,
+    }
+    row.update({key: value / n_images for key, value in sums.items()})
+    return row
 
 
 def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
