@@ -238,11 +238,3 @@ def read_split_images(split_path: str | os.PathLike, cache_path: str | os.PathLi
     ([0, 3], [0, 1], [0, 3])
     """
     return SplitCache(split_path, cache_path, masks_path=masks_path).subset(*subsets, min_rows=min_rows)
-
-
-def split_images(cache_path: str | os.PathLike, split_path: str | os.PathLike,
-                 subsets: tuple[str, ...] | list[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """(images, split rows) of the split's ``subsets``: :func:`read_split_images` in the older shape,
-    kept for the DDAD stage until it reads through :func:`read_split_images` itself."""
-    part = read_split_images(split_path, cache_path, *subsets)
-    return part.images, part.rows
