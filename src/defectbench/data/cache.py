@@ -226,7 +226,7 @@ class SplitCache:
 
 
 def read_split_images(split_path: str | os.PathLike, cache_path: str | os.PathLike, *subsets: str,
-               masks_path: str | os.PathLike | None = None, min_rows: int = 0) -> SplitImages:
+                      masks_path: str | os.PathLike | None = None, min_rows: int = 0) -> SplitImages:
     """The images (and masks) of one or more subsets of a split: ``SplitCache(...).subset(...)``.
 
     >>> import tempfile, pathlib
