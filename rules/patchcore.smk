@@ -10,9 +10,9 @@ rule patchcore:
     input:
         unpack(patchcore_inputs),
     output:
-        metrics="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/metrics.json",
-        scores="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/scores.parquet",
-        maps="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/maps.npy",
+        metrics=paths.patchcore_job("metrics.json"),
+        scores=paths.patchcore_job("scores.parquet"),
+        maps=paths.patchcore_job("maps.npy"),
     params:
         cfg=job_params("patchcore"),
     threads: 2
