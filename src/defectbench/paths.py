@@ -18,6 +18,7 @@ from __future__ import annotations
 
 Value = str | int
 
+TABLES_DIR = "results/tables"
 FIGURES_DIR = "results/figures"
 # The track rule's verification marker: what it synced, written only after reading the store back.
 TRACK_MARKER = "results/mlflow.synced.json"
@@ -116,4 +117,4 @@ def clustering_job(file: str = "", *, weighting: Value = "{weighting}", features
 # ----------------------------------------------------------------------------- report stage
 def table(name: Value = "{name}", ext: str = "parquet") -> str:
     """An aggregate table (``parquet`` for pandas, ``md`` and ``html`` for people)."""
-    return f"results/tables/{name}.{ext}"
+    return f"{TABLES_DIR}/{name}.{ext}"
