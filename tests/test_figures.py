@@ -190,3 +190,21 @@ def test_tsne_and_gradcam_from_real_encoder_files(project: Path):
     out = project / "results" / "figures"
     names = {p.name for p in figures.make_figures(project / "results" / "tables", out, {"toy": 16}, root=project)}
     assert {"tsne--toy.png", "gradcam--toy.png"} <= names, sorted(names)
+
+
+def test_figures_rule_declares_every_kind_of_file_the_figures_read(tmp_path: Path):
+    """The demo's figures job (dry run): its inputs hold the tables, the data files at the image size
+    and each kind of job file figures.py reads (the demo run checks none is read undeclared)."""
+    from workflow_helpers import snakemake, working_copy
+
+    project = working_copy(tmp_path)
+    proc = snakemake(project, "results/figures", "-n", "--cores", "1", "--configfile", "config/config.yaml", timeout=300)
+    block = proc.stdout[proc.stdout.index("rule figures:"):]
+    inputs = block.split("input: ", 1)[1].split("\n", 1)[0].split(", ")
+    names = {Path(p).name for p in inputs}
+    assert set(figures.JOB_FILES.values()) <= names, sorted(names)
+    data = "results/data/elpv"
+    assert {f"{data}/manifest.parquet", f"{data}/splits/classification-seed0.parquet", f"{data}/cache-32.npy",
+            f"{data}/masks-32.npy"} <= set(inputs)
+    assert {f"results/tables/{name}.parquet" for name in figures.TABLES} <= set(inputs)
+    assert "metrics.json" not in names  # thresholds come from the anomaly table
