@@ -15,8 +15,8 @@ rule anomaly_features:
     wildcard_constraints:
         features=registry.wildcard_pattern("feature_sources"),
     output:
-        features=paths.anomaly_features_job("features.npz"),
-        info=paths.anomaly_features_job("features.npz.json"),
+        features=paths.job("anomaly_features", "features.npz"),
+        info=paths.job("anomaly_features", "features.npz.json"),
     params:
         cfg=job_params("anomaly_features"),
     threads: 2

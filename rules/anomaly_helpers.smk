@@ -19,31 +19,31 @@ def anomaly_feature_inputs(wildcards):
     out = cache_and_split(wildcards, "anomaly")
     # a contrastive method's encoder, pretrained on the anomaly split; controls read none
     if "encoder" in registry.entry("feature_sources", wildcards.features).reads:
-        out["encoder"] = paths.pretrain_job("encoder.pt", method=wildcards.features, dataset=wildcards.dataset,
-                                            task="anomaly", backbone=wildcards.backbone, seed=wildcards.seed)
+        out["encoder"] = paths.job("pretrain", "encoder.pt", method=wildcards.features, dataset=wildcards.dataset,
+                                   task="anomaly", backbone=wildcards.backbone, seed=wildcards.seed)
     return out
 
 
 def scorer_inputs(wildcards):
     """The features of the job's feature source (on its anomaly_backbone) and the anomaly split."""
-    job = paths.anomaly_features_job(features=wildcards.features, backbone=anomaly_backbone(wildcards.features),
-                                     dataset=wildcards.dataset, seed=wildcards.seed)
+    job = dict(features=wildcards.features, backbone=anomaly_backbone(wildcards.features), dataset=wildcards.dataset,
+               seed=wildcards.seed)
     return {
-        "features": f"{job}/features.npz",
-        "info": f"{job}/features.npz.json",
+        "features": paths.job("anomaly_features", "features.npz", **job),
+        "info": paths.job("anomaly_features", "features.npz.json", **job),
         "split": paths.split(wildcards.dataset, "anomaly", wildcards.seed),
     }
 
 
 def scorer_outputs(file):
     """`file` of every configured scorer of one score_anomaly job, in the order of ANOMALY_SCORERS."""
-    return expand(paths.scorer_job(file), scorer=ANOMALY_SCORERS, allow_missing=True)
+    return expand(paths.job("scorer", file), scorer=ANOMALY_SCORERS, allow_missing=True)
 
 
 @register_targets
 def anomaly_targets():
     return expand(
-        paths.scorer_job("metrics.json"),
+        paths.job("scorer", "metrics.json"),
         scorer=ANOMALY_SCORERS,
         # Features of a method that needs the diffusion views: dropped when diffusion is disabled.
         features=[

@@ -13,9 +13,9 @@ rule budget_pretrain:
         cache=paths.cache(),
         split=paths.split(task="classification"),
     output:
-        encoder=paths.budget_job("encoder.pt"),
-        history=paths.budget_job("history.parquet"),
-        metrics=paths.budget_job("pretraining.json"),
+        encoder=paths.job("budget", "encoder.pt"),
+        history=paths.job("budget", "history.parquet"),
+        metrics=paths.job("budget", "pretraining.json"),
     wildcard_constraints:
         method=registry.wildcard_pattern("contrastive_methods"),
         epochs=r"\d+",
@@ -37,13 +37,13 @@ rule budget_probe:
         cache=paths.cache(),
         split=paths.split(task="classification"),
         manifest=paths.manifest(),
-        encoder=paths.budget_job("encoder.pt"),
-        pretrain_metrics=paths.budget_job("pretraining.json"),
+        encoder=paths.job("budget", "encoder.pt"),
+        pretrain_metrics=paths.job("budget", "pretraining.json"),
     output:
-        metrics=paths.budget_job("labels100/metrics.json"),
-        predictions=paths.budget_job("labels100/predictions.parquet"),
-        history=paths.budget_job("labels100/history.parquet"),
-        head=paths.budget_job("labels100/probe.pt"),
+        metrics=paths.job("budget", "labels100/metrics.json"),
+        predictions=paths.job("budget", "labels100/predictions.parquet"),
+        history=paths.job("budget", "labels100/history.parquet"),
+        head=paths.job("budget", "labels100/probe.pt"),
     wildcard_constraints:
         method=registry.wildcard_pattern("contrastive_methods"),
         epochs=r"\d+",

@@ -9,7 +9,7 @@ def budget_targets():
     if not budget["method"]:
         return []
     return expand(
-        paths.budget_job("labels100/metrics.json"),
+        paths.job("budget", "labels100/metrics.json"),
         method=budget["method"], dataset=budget["dataset"], backbone=BACKBONES[0], seed=SEEDS,
         epochs=budget["epochs"], size=budget["image_sizes"],
     )

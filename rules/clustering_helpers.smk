@@ -15,7 +15,7 @@ def cluster_inputs(wildcards):
 
 def cluster_outputs(file):
     """`file` of every configured weighting of one cluster job."""
-    return expand(paths.clustering_job(file), weighting=CLUSTER_WEIGHTINGS, allow_missing=True)
+    return expand(paths.job("clustering", file), weighting=CLUSTER_WEIGHTINGS, allow_missing=True)
 
 
 @register_targets
@@ -24,7 +24,7 @@ def clustering_targets():
     # patch embeddings of patchcore.backbone); clustering.controls adds the positive control's rows
     # ('oracle': label-made features).
     return expand(
-        paths.clustering_job("metrics.json"),
+        paths.job("clustering", "metrics.json"),
         weighting=CLUSTER_WEIGHTINGS,
         features=[config["patchcore"]["backbone"], *config["clustering"]["controls"]],
         dataset=datasets_with("clustering"),

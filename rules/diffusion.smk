@@ -14,9 +14,9 @@ rule pretrain_diffusion:
         unpack(cache_and_split),
         unpack(anomaly_masks),
     output:
-        model=directory(paths.diffusion_job("model")),
-        metrics=paths.diffusion_job("metrics.json"),
-        history=paths.diffusion_job("history.parquet"),
+        model=directory(paths.job("diffusion", "model")),
+        metrics=paths.job("diffusion", "metrics.json"),
+        history=paths.job("diffusion", "history.parquet"),
     params:
         cfg=job_params("pretrain_diffusion"),
     threads: 2
@@ -33,9 +33,9 @@ rule pretrain_diffusion:
 rule diffusion_views:
     input:
         unpack(cache_and_split),
-        model=paths.diffusion_job("model"),
+        model=paths.job("diffusion", "model"),
     output:
-        views=paths.diffusion_job("views.npy"),
+        views=paths.job("diffusion", "views.npy"),
     params:
         cfg=job_params("diffusion_views"),
     threads: 2
@@ -53,13 +53,13 @@ rule ddad:
     input:
         unpack(lambda wildcards: cache_and_split(wildcards, "anomaly")),
         masks=lambda wildcards: paths.masks(wildcards.dataset, image_size(wildcards.dataset)),
-        model=paths.diffusion_job("model", task="anomaly"),
-        diffusion_metrics=paths.diffusion_job("metrics.json", task="anomaly"),
+        model=paths.job("diffusion", "model", task="anomaly"),
+        diffusion_metrics=paths.job("diffusion", "metrics.json", task="anomaly"),
     output:
-        metrics=paths.ddad_job("metrics.json"),
-        scores=paths.ddad_job("scores.parquet"),
-        maps=paths.ddad_job("maps.npy"),
-        history=paths.ddad_job("da_history.parquet"),
+        metrics=paths.job("ddad", "metrics.json"),
+        scores=paths.job("ddad", "scores.parquet"),
+        maps=paths.job("ddad", "maps.npy"),
+        history=paths.job("ddad", "da_history.parquet"),
     params:
         cfg=job_params("ddad"),
     threads: 2

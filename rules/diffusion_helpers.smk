@@ -15,8 +15,8 @@ def ddad_datasets():
 
 @register_targets
 def ddad_targets():
-    return expand(paths.ddad_job("metrics.json"), backbone=config["ddad"]["feature_backbone"], dataset=ddad_datasets(),
-                  seed=SEEDS)
+    return expand(paths.job("ddad", "metrics.json"), backbone=config["ddad"]["feature_backbone"],
+                  dataset=ddad_datasets(), seed=SEEDS)
 
 
 @register_targets
@@ -24,9 +24,9 @@ def diffusion_targets():
     """The pretraining record of every diffusion model the grid uses: DDAD's and the views'."""
     if not config["diffusion"]["enabled"]:
         return []
-    out = expand(paths.diffusion_job("metrics.json", task="anomaly"), dataset=ddad_datasets(), seed=SEEDS)
+    out = expand(paths.job("diffusion", "metrics.json", task="anomaly"), dataset=ddad_datasets(), seed=SEEDS)
     method_params = config["contrastive"]["method_params"]
     if any(registry.reads_views(m, method_params[m], True) for m in config["contrastive"]["methods"]):
-        out += expand(paths.diffusion_job("metrics.json", task="classification"),
+        out += expand(paths.job("diffusion", "metrics.json", task="classification"),
                       dataset=datasets_with("classification"), seed=SEEDS)
     return out

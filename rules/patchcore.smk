@@ -10,9 +10,9 @@ rule patchcore:
     input:
         unpack(patchcore_inputs),
     output:
-        metrics=paths.patchcore_job("metrics.json"),
-        scores=paths.patchcore_job("scores.parquet"),
-        maps=paths.patchcore_job("maps.npy"),
+        metrics=paths.job("patchcore", "metrics.json"),
+        scores=paths.job("patchcore", "scores.parquet"),
+        maps=paths.job("patchcore", "maps.npy"),
     params:
         cfg=job_params("patchcore"),
     threads: 2

@@ -12,7 +12,7 @@ def patchcore_targets():
     if not config["patchcore"]["enabled"]:
         return []
     return expand(
-        paths.patchcore_job("metrics.json"),
+        paths.job("patchcore", "metrics.json"),
         backbone=config["patchcore"]["backbone"],
         dataset=datasets_with("anomaly"),
         seed=SEEDS,

@@ -15,9 +15,9 @@ rule pretrain_contrastive:
     input:
         unpack(pretrain_inputs),
     output:
-        encoder=paths.pretrain_job("encoder.pt"),
-        history=paths.pretrain_job("history.parquet"),
-        metrics=paths.pretrain_job("metrics.json"),
+        encoder=paths.job("pretrain", "encoder.pt"),
+        history=paths.job("pretrain", "history.parquet"),
+        metrics=paths.job("pretrain", "metrics.json"),
     wildcard_constraints:
         method=registry.wildcard_pattern("contrastive_methods"),
     params:
@@ -37,10 +37,10 @@ rule train_supervised:
     input:
         unpack(lambda wildcards: cache_and_split(wildcards, "classification")),
     output:
-        model=paths.supervised_job("model.pt"),
-        predictions=paths.supervised_job("predictions.parquet"),
-        history=paths.supervised_job("history.parquet"),
-        metrics=paths.supervised_job("metrics.json"),
+        model=paths.job("supervised", "model.pt"),
+        predictions=paths.job("supervised", "predictions.parquet"),
+        history=paths.job("supervised", "history.parquet"),
+        metrics=paths.job("supervised", "metrics.json"),
     params:
         cfg=job_params("train_supervised"),
         fraction=lambda wildcards: fraction(wildcards.pct),

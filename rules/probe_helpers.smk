@@ -7,7 +7,7 @@ LABEL_PCTS = [pct(f) for f in sorted(config["label_fractions"])]
 
 def probe_outputs(file):
     """`file` of every label fraction of one probe job (the job evaluates them all)."""
-    return expand(paths.probe_job(file), pct=LABEL_PCTS, allow_missing=True)
+    return expand(paths.job("probe", file), pct=LABEL_PCTS, allow_missing=True)
 
 
 def probe_inputs(wildcards):
@@ -16,15 +16,15 @@ def probe_inputs(wildcards):
     if "encoder" in registry.entry("feature_sources", wildcards.method).reads:
         job = dict(method=wildcards.method, dataset=wildcards.dataset, task="classification",
                    backbone=wildcards.backbone, seed=wildcards.seed)
-        out["encoder"] = paths.pretrain_job("encoder.pt", **job)
-        out["pretrain_metrics"] = paths.pretrain_job("metrics.json", **job)
+        out["encoder"] = paths.job("pretrain", "encoder.pt", **job)
+        out["pretrain_metrics"] = paths.job("pretrain", "metrics.json", **job)
     return out
 
 
 @register_targets
 def probe_targets():
     """Every label fraction of every (method or control) x dataset x backbone x seed."""
-    pattern = paths.probe_job("metrics.json")
+    pattern = paths.job("probe", "metrics.json")
     grid = dict(dataset=datasets_with("classification"), seed=SEEDS, pct=LABEL_PCTS)
     controls = config["probe"]["controls"]
     out = expand(pattern, method=contrastive_methods() + [c for c in controls if c == "random"], backbone=BACKBONES, **grid)

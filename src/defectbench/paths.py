@@ -3,18 +3,20 @@
 The rules (``rules/*.smk``) take their ``input:``/``output:`` paths from here and the figures read
 the same files through it, so a path is never retyped. Every argument defaults to its Snakemake
 wildcard: called without arguments a function gives the rule's pattern, called with values one
-file (and any mix of the two, e.g. a fixed task with the job's ``{dataset}``). A job directory's
-function takes the file name inside it first (none: the directory itself).
+file (and any mix of the two, e.g. a fixed task with the job's ``{dataset}``). Job files are
+named by the job's kind (``JOB_DIRS``) and the file name inside its directory.
 
 >>> split()
 'results/data/{dataset}/splits/{task}-seed{seed}.parquet'
 >>> split("neu", "classification", 0)
 'results/data/neu/splits/classification-seed0.parquet'
->>> pretrain_job("encoder.pt", method="simclr", task="anomaly")
+>>> job("pretrain", "encoder.pt", method="simclr", task="anomaly")
 'results/pretrain/simclr/{dataset}/anomaly/{backbone}/seed{seed}/encoder.pt'
 """
 
 from __future__ import annotations
+
+import string
 
 Value = str | int
 
@@ -22,10 +24,6 @@ TABLES_DIR = "results/tables"
 FIGURES_DIR = "results/figures"
 # The track rule's verification marker: what it synced, written only after reading the store back.
 TRACK_MARKER = "results/mlflow.synced.json"
-
-
-def _in(directory: str, file: str) -> str:
-    return f"{directory}/{file}" if file else directory
 
 
 # ----------------------------------------------------------------------------- data stage
@@ -53,65 +51,34 @@ def masks(dataset: Value = "{dataset}", size: Value = "{size}") -> str:
 
 
 # ----------------------------------------------------------------------------- job directories
-def diffusion_job(file: str = "", *, dataset: Value = "{dataset}", task: Value = "{task}",
-                  seed: Value = "{seed}") -> str:
-    """A DDPM of one dataset x task split x seed (model/, views.npy, metrics.json)."""
-    return _in(f"results/pretrain/diffusion/{dataset}/{task}/seed{seed}", file)
+# kind -> the directory of one job (its files: docs/CONTRACTS.md).
+JOB_DIRS = {
+    "diffusion": "results/pretrain/diffusion/{dataset}/{task}/seed{seed}",  # a DDPM: model/, views.npy
+    "pretrain": "results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}",  # encoder.pt
+    "supervised": "results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}",  # model.pt, predictions
+    "probe": "results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}",  # probe.pt, predictions
+    "budget": "results/budget/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}",  # + labels100/
+    "anomaly_features": "results/anomaly/features/{features}/{backbone}/{dataset}/seed{seed}",  # features.npz
+    "scorer": "results/anomaly/{scorer}/{features}/{dataset}/seed{seed}",  # scores.parquet
+    "patchcore": "results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}",  # scores.parquet, maps.npy
+    "ddad": "results/anomaly/ddad/{backbone}/{dataset}/seed{seed}",  # scores.parquet, maps.npy
+    "clustering": "results/clustering/{weighting}/{features}/{dataset}/seed{seed}",  # assignments.parquet
+}
 
 
-def pretrain_job(file: str = "", *, method: Value = "{method}", dataset: Value = "{dataset}", task: Value = "{task}",
-                 backbone: Value = "{backbone}", seed: Value = "{seed}") -> str:
-    """A contrastive method's encoder (encoder.pt, history.parquet, metrics.json)."""
-    return _in(f"results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}", file)
+def job(kind: str, file: str = "", **values: Value) -> str:
+    """``file`` in the directory of a ``kind`` job (the directory itself when empty), wildcards
+    given in ``values`` filled in; a name the directory has no wildcard for is an error.
 
-
-def supervised_job(file: str = "", *, dataset: Value = "{dataset}", backbone: Value = "{backbone}",
-                   seed: Value = "{seed}", pct: Value = "{pct}") -> str:
-    """The supervised baseline at one labelled fraction (model.pt, predictions.parquet, metrics.json)."""
-    return _in(f"results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}", file)
-
-
-def probe_job(file: str = "", *, method: Value = "{method}", dataset: Value = "{dataset}",
-              backbone: Value = "{backbone}", seed: Value = "{seed}", pct: Value = "{pct}") -> str:
-    """A linear probe at one labelled fraction (probe.pt, predictions.parquet, metrics.json)."""
-    return _in(f"results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}", file)
-
-
-def budget_job(file: str = "", *, method: Value = "{method}", dataset: Value = "{dataset}",
-               backbone: Value = "{backbone}", seed: Value = "{seed}", epochs: Value = "{epochs}",
-               size: Value = "{size}") -> str:
-    """One budget-curve point: its pretraining (encoder.pt, pretraining.json) and labels100/ probe."""
-    return _in(f"results/budget/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}", file)
-
-
-def anomaly_features_job(file: str = "", *, features: Value = "{features}", backbone: Value = "{backbone}",
-                         dataset: Value = "{dataset}", seed: Value = "{seed}") -> str:
-    """Frozen features of the anomaly split from one feature source (features.npz + .json)."""
-    return _in(f"results/anomaly/features/{features}/{backbone}/{dataset}/seed{seed}", file)
-
-
-def scorer_job(file: str = "", *, scorer: Value = "{scorer}", features: Value = "{features}",
-               dataset: Value = "{dataset}", seed: Value = "{seed}") -> str:
-    """An image-level scorer on one feature source (scores.parquet, metrics.json)."""
-    return _in(f"results/anomaly/{scorer}/{features}/{dataset}/seed{seed}", file)
-
-
-def patchcore_job(file: str = "", *, backbone: Value = "{backbone}", dataset: Value = "{dataset}",
-                  seed: Value = "{seed}") -> str:
-    """PatchCore (scores.parquet, maps.npy, metrics.json)."""
-    return _in(f"results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}", file)
-
-
-def ddad_job(file: str = "", *, backbone: Value = "{backbone}", dataset: Value = "{dataset}",
-             seed: Value = "{seed}") -> str:
-    """DDAD (scores.parquet, maps.npy, da_history.parquet, metrics.json)."""
-    return _in(f"results/anomaly/ddad/{backbone}/{dataset}/seed{seed}", file)
-
-
-def clustering_job(file: str = "", *, weighting: Value = "{weighting}", features: Value = "{features}",
-                   dataset: Value = "{dataset}", seed: Value = "{seed}") -> str:
-    """Anomaly clustering under one weighting of one feature source (assignments.parquet, metrics.json)."""
-    return _in(f"results/clustering/{weighting}/{features}/{dataset}/seed{seed}", file)
+    >>> job("probe", "metrics.json", method="random", pct=100)
+    'results/probe/random/{dataset}/{backbone}/seed{seed}/labels100/metrics.json'
+    """
+    pattern = JOB_DIRS[kind]
+    names = {name for _, name, _, _ in string.Formatter().parse(pattern) if name}
+    if set(values) - names:
+        raise KeyError(f"paths.job({kind!r}): no wildcard {sorted(set(values) - names)} in {pattern}")
+    directory = pattern.format(**{name: values.get(name, f"{{{name}}}") for name in names})
+    return f"{directory}/{file}" if file else directory
 
 
 # ----------------------------------------------------------------------------- report stage
