@@ -15,8 +15,8 @@ rule anomaly_features:
     wildcard_constraints:
         features=registry.wildcard_pattern("feature_sources"),
     output:
-        features="results/anomaly/features/{features}/{backbone}/{dataset}/seed{seed}/features.npz",
-        info="results/anomaly/features/{features}/{backbone}/{dataset}/seed{seed}/features.npz.json",
+        features=paths.job("anomaly_features", "features.npz"),
+        info=paths.job("anomaly_features", "features.npz.json"),
     params:
         cfg=job_params("anomaly_features"),
     threads: 2
@@ -30,19 +30,12 @@ rule anomaly_features:
         "../workflow_scripts/anomaly_features.py"
 
 
-# One job per feature set runs every configured scorer (each takes less than a job's start-up);
-# each scorer keeps its own outputs. Adding a scorer reruns this job, not the feature extraction.
-ANOMALY_SCORERS = config["anomaly"]["scorers"]
-
-
 rule score_anomaly:
     input:
-        features=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz",
-        info=lambda w: f"results/anomaly/features/{w.features}/{anomaly_backbone(w.features)}/{w.dataset}/seed{w.seed}/features.npz.json",
-        split="results/data/{dataset}/splits/anomaly-seed{seed}.parquet",
+        unpack(scorer_inputs),
     output:
-        metrics=expand("results/anomaly/{scorer}/{{features}}/{{dataset}}/seed{{seed}}/metrics.json", scorer=ANOMALY_SCORERS),
-        scores=expand("results/anomaly/{scorer}/{{features}}/{{dataset}}/seed{{seed}}/scores.parquet", scorer=ANOMALY_SCORERS),
+        metrics=scorer_outputs("metrics.json"),
+        scores=scorer_outputs("scores.parquet"),
     wildcard_constraints:
         features=registry.wildcard_pattern("feature_sources"),
     params:

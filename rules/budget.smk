@@ -5,20 +5,17 @@
 # keys budget_epochs and image_size, and the figure budget--<dataset>.png plots it against the
 # pretraining optimiser steps. Library: defectbench.ssl.pretrain, defectbench.probe.
 
-BUDGET_DIR = "results/budget/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}"
-
-
 include: "budget_helpers.smk"
 
 
 rule budget_pretrain:
     input:
-        cache="results/data/{dataset}/cache-{size}.npy",
-        split="results/data/{dataset}/splits/classification-seed{seed}.parquet",
+        cache=paths.cache(),
+        split=paths.split(task="classification"),
     output:
-        encoder=f"{BUDGET_DIR}/encoder.pt",
-        history=f"{BUDGET_DIR}/history.parquet",
-        metrics=f"{BUDGET_DIR}/pretraining.json",
+        encoder=paths.job("budget", "encoder.pt"),
+        history=paths.job("budget", "history.parquet"),
+        metrics=paths.job("budget", "pretraining.json"),
     wildcard_constraints:
         method=registry.wildcard_pattern("contrastive_methods"),
         epochs=r"\d+",
@@ -37,16 +34,16 @@ rule budget_pretrain:
 
 rule budget_probe:
     input:
-        cache="results/data/{dataset}/cache-{size}.npy",
-        split="results/data/{dataset}/splits/classification-seed{seed}.parquet",
-        manifest="results/data/{dataset}/manifest.parquet",
-        encoder=f"{BUDGET_DIR}/encoder.pt",
-        pretrain_metrics=f"{BUDGET_DIR}/pretraining.json",
+        cache=paths.cache(),
+        split=paths.split(task="classification"),
+        manifest=paths.manifest(),
+        encoder=paths.job("budget", "encoder.pt"),
+        pretrain_metrics=paths.job("budget", "pretraining.json"),
     output:
-        metrics=f"{BUDGET_DIR}/labels100/metrics.json",
-        predictions=f"{BUDGET_DIR}/labels100/predictions.parquet",
-        history=f"{BUDGET_DIR}/labels100/history.parquet",
-        head=f"{BUDGET_DIR}/labels100/probe.pt",
+        metrics=paths.job("budget", "labels100/metrics.json"),
+        predictions=paths.job("budget", "labels100/predictions.parquet"),
+        history=paths.job("budget", "labels100/history.parquet"),
+        head=paths.job("budget", "labels100/probe.pt"),
     wildcard_constraints:
         method=registry.wildcard_pattern("contrastive_methods"),
         epochs=r"\d+",

@@ -9,7 +9,7 @@ def budget_targets():
     if not budget["method"]:
         return []
     return expand(
-        "results/budget/{method}/{dataset}/{backbone}/seed{seed}/e{epochs}-px{size}/labels100/metrics.json",
+        paths.job("budget", "labels100/metrics.json"),
         method=budget["method"], dataset=budget["dataset"], backbone=BACKBONES[0], seed=SEEDS,
         epochs=budget["epochs"], size=budget["image_sizes"],
     )

@@ -1,7 +1,8 @@
 # Anomaly clustering (specs E.2, E.3): PatchCore-backbone patch embeddings of the clustering split's
 # images, per-patch weights (unsupervised / supervised / average), Ward clustering, NMI/ARI/F1.
 # One job per dataset x seed embeds the images once and writes every configured weighting.
-# {features} = the patch-embedding backbone (patchcore.backbone). Library: defectbench.clustering.
+# {features} = the patch-embedding backbone (patchcore.backbone) or a control of clustering.controls
+# ('oracle': label-made features). Library: defectbench.clustering.
 
 
 include: "clustering_helpers.smk"
@@ -11,14 +12,8 @@ rule cluster:
     input:
         unpack(cluster_inputs),
     output:
-        metrics=expand(
-            "results/clustering/{weighting}/{{features}}/{{dataset}}/seed{{seed}}/metrics.json",
-            weighting=CLUSTER_WEIGHTINGS,
-        ),
-        assignments=expand(
-            "results/clustering/{weighting}/{{features}}/{{dataset}}/seed{{seed}}/assignments.parquet",
-            weighting=CLUSTER_WEIGHTINGS,
-        ),
+        metrics=cluster_outputs("metrics.json"),
+        assignments=cluster_outputs("assignments.parquet"),
     params:
         cfg=job_params("cluster"),
         weightings=CLUSTER_WEIGHTINGS,

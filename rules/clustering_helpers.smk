@@ -6,23 +6,25 @@ CLUSTER_WEIGHTINGS = config["clustering"]["weightings"]
 
 
 def cluster_inputs(wildcards):
-    ds, size = wildcards.dataset, patchcore_size(wildcards.dataset)
-    out = {
-        "cache": cache_path(ds, size),
-        "manifest": f"results/data/{ds}/manifest.parquet",
-        "split": split_path(ds, "clustering", wildcards.seed),
-    }
+    out = {**cache_and_split(wildcards, "clustering", patchcore_size(wildcards.dataset)),
+           "manifest": paths.manifest(wildcards.dataset)}
     if any("references" in registry.entry("clustering_weightings", w).reads for w in CLUSTER_WEIGHTINGS):
-        out["references"] = split_path(ds, "anomaly", wildcards.seed)
+        out["references"] = paths.split(wildcards.dataset, "anomaly", wildcards.seed)
     return out
+
+
+def cluster_outputs(file):
+    """`file` of every configured weighting of one cluster job."""
+    return expand(paths.job("clustering", file), weighting=CLUSTER_WEIGHTINGS, allow_missing=True)
 
 
 @register_targets
 def clustering_targets():
-    # clustering.features is validated against registry.CLUSTERING_FEATURES ('patchcore' only);
-    # clustering.controls adds the positive control's rows ('oracle': label-made features).
+    # clustering.features is validated against registry.CLUSTERING_FEATURES ('patchcore' only: the
+    # patch embeddings of patchcore.backbone); clustering.controls adds the positive control's rows
+    # ('oracle': label-made features).
     return expand(
-        "results/clustering/{weighting}/{features}/{dataset}/seed{seed}/metrics.json",
+        paths.job("clustering", "metrics.json"),
         weighting=CLUSTER_WEIGHTINGS,
         features=[config["patchcore"]["backbone"], *config["clustering"]["controls"]],
         dataset=datasets_with("clustering"),

@@ -1,12 +1,15 @@
-# Helpers shared by all stage files: config validation, the experiment grid, path helpers and the
-# per-job params hook. Each stage's own input functions live beside its rules, in
-# rules/<stage>_helpers.smk (snakemake --lint wants no functions in a file with rules), and
-# register a function returning its final targets with `register_targets`; `rule all` collects
-# them, so adding a stage never edits another stage's file.
+# Helpers shared by all stage files: config validation, the experiment grid, the inputs every
+# stage reads first and the per-job params hook. Each stage's own input functions live beside its
+# rules, in rules/<stage>_helpers.smk (snakemake --lint wants no functions in a file with rules),
+# and register a function returning its final targets with `register_targets`; `rule all` collects
+# them, so adding a stage never edits another stage's file. Every input/output path comes from
+# defectbench.paths (wildcard patterns by default, one file given values), never retyped.
+# A stage file uses only names defined here or in its own files (the report stage also calls the
+# other stages' registered target functions, at DAG time, when every file is loaded).
 from pathlib import Path
 
 from defectbench import params as job_params_lib
-from defectbench import registry
+from defectbench import paths, registry
 from defectbench.config import validate_config
 
 # Validate (and fill defaults) before any job is scheduled: a bad value stops here with its key path.
@@ -58,12 +61,20 @@ def image_size(dataset):
     return dataset_entry(dataset)["image_size"]
 
 
-def cache_path(dataset, size=None):
-    return f"results/data/{dataset}/cache-{size or image_size(dataset)}.npy"
+def patchcore_size(dataset):
+    """Image size of the PatchCore patch embeddings (patchcore and cluster jobs): patchcore.image_size,
+    or the dataset's image_size when null."""
+    return config["patchcore"]["image_size"] or image_size(dataset)
 
 
-def split_path(dataset, task, seed):
-    return f"results/data/{dataset}/splits/{task}-seed{seed}.parquet"
+def cache_and_split(wildcards, task=None, size=None):
+    """The inputs a stage job reads first: the image cache of the job's {dataset} (at its image_size
+    unless `size`) and the `task` split of the job's {seed} (the job's {task} when None)."""
+    ds = wildcards.dataset
+    return {
+        "cache": paths.cache(ds, size or image_size(ds)),
+        "split": paths.split(ds, task or wildcards.task, wildcards.seed),
+    }
 
 
 def pct(fraction):

@@ -10,7 +10,7 @@ include: "data_helpers.smk"
 
 rule fetch_dataset:
     output:
-        "resources/datasets/{dataset}/.fetched.json",
+        paths.fetched(),
     params:
         cfg=job_params("fetch_dataset"),
     log:
@@ -23,9 +23,9 @@ rule fetch_dataset:
 
 rule build_manifest:
     input:
-        "resources/datasets/{dataset}/.fetched.json",
+        paths.fetched(),
     output:
-        "results/data/{dataset}/manifest.parquet",
+        paths.manifest(),
     params:
         cfg=job_params("build_manifest"),
     threads: 2
@@ -41,9 +41,9 @@ rule build_manifest:
 
 rule make_split:
     input:
-        "results/data/{dataset}/manifest.parquet",
+        paths.manifest(),
     output:
-        "results/data/{dataset}/splits/{task}-seed{seed}.parquet",
+        paths.split(),
     params:
         cfg=job_params("make_split"),
     log:
@@ -56,10 +56,10 @@ rule make_split:
 
 rule build_cache:
     input:
-        "results/data/{dataset}/manifest.parquet",
+        paths.manifest(),
     output:
-        images="results/data/{dataset}/cache-{size}.npy",
-        masks="results/data/{dataset}/masks-{size}.npy",
+        images=paths.cache(),
+        masks=paths.masks(),
     params:
         cfg=job_params("build_cache"),
     threads: 2

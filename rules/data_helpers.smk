@@ -7,7 +7,7 @@ def data_targets():
     """Every dataset's manifest, its splits (tasks x seeds) and its cache at image_size."""
     out = []
     for name, entry in DATASETS.items():
-        out.append(f"results/data/{name}/manifest.parquet")
-        out += [split_path(name, task, seed) for task in entry["tasks"] for seed in SEEDS]
-        out += [f"results/data/{name}/{kind}-{entry['image_size']}.npy" for kind in ("cache", "masks")]
+        out.append(paths.manifest(name))
+        out += [paths.split(name, task, seed) for task in entry["tasks"] for seed in SEEDS]
+        out += [paths.cache(name, entry["image_size"]), paths.masks(name, entry["image_size"])]
     return out

@@ -11,12 +11,12 @@ include: "diffusion_helpers.smk"
 
 rule pretrain_diffusion:
     input:
-        unpack(diffusion_data(None)),
-        unpack(_anomaly_masks),
+        unpack(cache_and_split),
+        unpack(anomaly_masks),
     output:
-        model=directory(f"{DIFFUSION_DIR}/model"),
-        metrics=f"{DIFFUSION_DIR}/metrics.json",
-        history=f"{DIFFUSION_DIR}/history.parquet",
+        model=directory(paths.job("diffusion", "model")),
+        metrics=paths.job("diffusion", "metrics.json"),
+        history=paths.job("diffusion", "history.parquet"),
     params:
         cfg=job_params("pretrain_diffusion"),
     threads: 2
@@ -32,10 +32,10 @@ rule pretrain_diffusion:
 
 rule diffusion_views:
     input:
-        unpack(diffusion_data(None)),
-        model=f"{DIFFUSION_DIR}/model",
+        unpack(cache_and_split),
+        model=paths.job("diffusion", "model"),
     output:
-        views=f"{DIFFUSION_DIR}/views.npy",
+        views=paths.job("diffusion", "views.npy"),
     params:
         cfg=job_params("diffusion_views"),
     threads: 2
@@ -51,15 +51,15 @@ rule diffusion_views:
 
 rule ddad:
     input:
-        unpack(diffusion_data("anomaly")),
-        masks=lambda wildcards: f"results/data/{wildcards.dataset}/masks-{image_size(wildcards.dataset)}.npy",
-        model="results/pretrain/diffusion/{dataset}/anomaly/seed{seed}/model",
-        diffusion_metrics="results/pretrain/diffusion/{dataset}/anomaly/seed{seed}/metrics.json",
+        unpack(lambda wildcards: cache_and_split(wildcards, "anomaly")),
+        masks=lambda wildcards: paths.masks(wildcards.dataset, image_size(wildcards.dataset)),
+        model=paths.job("diffusion", "model", task="anomaly"),
+        diffusion_metrics=paths.job("diffusion", "metrics.json", task="anomaly"),
     output:
-        metrics=f"{DDAD_DIR}/metrics.json",
-        scores=f"{DDAD_DIR}/scores.parquet",
-        maps=f"{DDAD_DIR}/maps.npy",
-        history=f"{DDAD_DIR}/da_history.parquet",
+        metrics=paths.job("ddad", "metrics.json"),
+        scores=paths.job("ddad", "scores.parquet"),
+        maps=paths.job("ddad", "maps.npy"),
+        history=paths.job("ddad", "da_history.parquet"),
     params:
         cfg=job_params("ddad"),
     threads: 2

@@ -2,40 +2,31 @@
 # final targets. Kept apart from the rules (snakemake --lint: no functions beside rules).
 
 
-DIFFUSION_DIR = "results/pretrain/diffusion/{dataset}/{task}/seed{seed}"
-DDAD_DIR = "results/anomaly/ddad/{backbone}/{dataset}/seed{seed}"
-
-
-def diffusion_data(task):
-    """Input function: the cache and the `task` split (task from the wildcard when None)."""
-
-    def inputs(wildcards):
-        return {
-            "cache": cache_path(wildcards.dataset),
-            "split": split_path(wildcards.dataset, task or wildcards.task, wildcards.seed),
-        }
-
-    return inputs
-
-
-def _anomaly_masks(wildcards):
+def anomaly_masks(wildcards):
     """The masks for the convergence report: only the anomaly task's model never saw a defect."""
     if wildcards.task != "anomaly":
         return {}
-    return {"masks": f"results/data/{wildcards.dataset}/masks-{image_size(wildcards.dataset)}.npy"}
+    return {"masks": paths.masks(wildcards.dataset, image_size(wildcards.dataset))}
+
+
+def ddad_datasets():
+    return datasets_with("anomaly") if config["diffusion"]["enabled"] and config["ddad"]["enabled"] else []
+
+
+@register_targets
+def ddad_targets():
+    return expand(paths.job("ddad", "metrics.json"), backbone=config["ddad"]["feature_backbone"],
+                  dataset=ddad_datasets(), seed=SEEDS)
 
 
 @register_targets
 def diffusion_targets():
-    """DDAD metrics, and the pretraining record of every diffusion model the grid uses."""
+    """The pretraining record of every diffusion model the grid uses: DDAD's and the views'."""
     if not config["diffusion"]["enabled"]:
         return []
-    out = []
-    anomaly = datasets_with("anomaly") if config["ddad"]["enabled"] else []
-    out += expand(f"{DDAD_DIR}/metrics.json", backbone=config["ddad"]["feature_backbone"], dataset=anomaly, seed=SEEDS)
-    out += expand(f"{DIFFUSION_DIR}/metrics.json", dataset=anomaly, task="anomaly", seed=SEEDS)
+    out = expand(paths.job("diffusion", "metrics.json", task="anomaly"), dataset=ddad_datasets(), seed=SEEDS)
     method_params = config["contrastive"]["method_params"]
     if any(registry.reads_views(m, method_params[m], True) for m in config["contrastive"]["methods"]):
-        out += expand(f"{DIFFUSION_DIR}/metrics.json", dataset=datasets_with("classification"),
-                      task="classification", seed=SEEDS)
+        out += expand(paths.job("diffusion", "metrics.json", task="classification"),
+                      dataset=datasets_with("classification"), seed=SEEDS)
     return out

@@ -10,9 +10,9 @@ rule patchcore:
     input:
         unpack(patchcore_inputs),
     output:
-        metrics="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/metrics.json",
-        scores="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/scores.parquet",
-        maps="results/anomaly/patchcore/{backbone}/{dataset}/seed{seed}/maps.npy",
+        metrics=paths.job("patchcore", "metrics.json"),
+        scores=paths.job("patchcore", "scores.parquet"),
+        maps=paths.job("patchcore", "maps.npy"),
     params:
         cfg=job_params("patchcore"),
     threads: 2

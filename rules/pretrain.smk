@@ -15,9 +15,9 @@ rule pretrain_contrastive:
     input:
         unpack(pretrain_inputs),
     output:
-        encoder="results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}/encoder.pt",
-        history="results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}/history.parquet",
-        metrics="results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}/metrics.json",
+        encoder=paths.job("pretrain", "encoder.pt"),
+        history=paths.job("pretrain", "history.parquet"),
+        metrics=paths.job("pretrain", "metrics.json"),
     wildcard_constraints:
         method=registry.wildcard_pattern("contrastive_methods"),
     params:
@@ -35,13 +35,12 @@ rule pretrain_contrastive:
 
 rule train_supervised:
     input:
-        cache=lambda wildcards: cache_path(wildcards.dataset),
-        split="results/data/{dataset}/splits/classification-seed{seed}.parquet",
+        unpack(lambda wildcards: cache_and_split(wildcards, "classification")),
     output:
-        model="results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/model.pt",
-        predictions="results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/predictions.parquet",
-        history="results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/history.parquet",
-        metrics="results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json",
+        model=paths.job("supervised", "model.pt"),
+        predictions=paths.job("supervised", "predictions.parquet"),
+        history=paths.job("supervised", "history.parquet"),
+        metrics=paths.job("supervised", "metrics.json"),
     params:
         cfg=job_params("train_supervised"),
         fraction=lambda wildcards: fraction(wildcards.pct),

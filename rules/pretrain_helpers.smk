@@ -3,24 +3,28 @@
 
 
 def pretrain_inputs(wildcards):
-    ds, method = wildcards.dataset, wildcards.method
-    out = {"cache": cache_path(ds), "split": split_path(ds, wildcards.task, wildcards.seed)}
+    out = cache_and_split(wildcards)
+    method = wildcards.method
     if registry.reads_views(method, config["contrastive"]["method_params"][method], config["diffusion"]["enabled"]):
-        out["views"] = f"results/pretrain/diffusion/{ds}/{wildcards.task}/seed{wildcards.seed}/views.npy"
+        out["views"] = paths.job("diffusion", "views.npy", dataset=wildcards.dataset, task=wildcards.task,
+                                 seed=wildcards.seed)
     return out
 
 
 @register_targets
-def pretrain_targets():
-    pattern = "results/pretrain/{method}/{dataset}/{task}/{backbone}/seed{seed}/metrics.json"
-    methods = contrastive_methods()
-    targets = expand(pattern, method=methods, dataset=datasets_with("classification"), task="classification",
-                     backbone=BACKBONES, seed=SEEDS)
-    anomaly_methods = [m for m in config["anomaly"]["features"] if m in methods]
+def classification_pretrain_targets():
+    """Every contrastive method x classification dataset x backbone x seed."""
+    return expand(paths.job("pretrain", "metrics.json", task="classification"), method=contrastive_methods(),
+                  dataset=datasets_with("classification"), backbone=BACKBONES, seed=SEEDS)
+
+
+@register_targets
+def anomaly_pretrain_targets():
+    """The anomaly.features that are contrastive methods, on the anomaly datasets' nominal train images."""
+    methods = [m for m in config["anomaly"]["features"] if m in contrastive_methods()]
     # Anomaly scorers read features of the first backbone only (anomaly.smk), so only it is trained.
-    targets += expand(pattern, method=anomaly_methods, dataset=datasets_with("anomaly"), task="anomaly",
-                      backbone=BACKBONES[:1], seed=SEEDS)
-    return targets
+    return expand(paths.job("pretrain", "metrics.json", task="anomaly"), method=methods,
+                  dataset=datasets_with("anomaly"), backbone=BACKBONES[:1], seed=SEEDS)
 
 
 @register_targets
@@ -28,7 +32,7 @@ def supervised_targets():
     if not config["supervised"]["enabled"]:
         return []
     return expand(
-        "results/supervised/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json",
+        paths.job("supervised", "metrics.json"),
         dataset=datasets_with("classification"),
         backbone=BACKBONES,
         seed=SEEDS,

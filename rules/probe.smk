@@ -4,8 +4,6 @@
 # (probe.controls): 'random' = the backbone at random init, 'pretrained' = the backbone with
 # probe.pretrained weights, neither trained. Library: defectbench.probe.run_linear_probe.
 
-PROBE_DIR = "results/probe/{method}/{dataset}/{backbone}/seed{seed}"
-
 
 include: "probe_helpers.smk"
 
@@ -14,10 +12,10 @@ rule linear_probe:
     input:
         unpack(probe_inputs),
     output:
-        metrics=expand(f"{PROBE_DIR}/labels{{pct}}/metrics.json", pct=LABEL_PCTS, allow_missing=True),
-        predictions=expand(f"{PROBE_DIR}/labels{{pct}}/predictions.parquet", pct=LABEL_PCTS, allow_missing=True),
-        history=expand(f"{PROBE_DIR}/labels{{pct}}/history.parquet", pct=LABEL_PCTS, allow_missing=True),
-        heads=expand(f"{PROBE_DIR}/labels{{pct}}/probe.pt", pct=LABEL_PCTS, allow_missing=True),
+        metrics=probe_outputs("metrics.json"),
+        predictions=probe_outputs("predictions.parquet"),
+        history=probe_outputs("history.parquet"),
+        heads=probe_outputs("probe.pt"),
     wildcard_constraints:
         method=registry.wildcard_pattern("feature_sources"),
     params:

@@ -5,25 +5,26 @@
 LABEL_PCTS = [pct(f) for f in sorted(config["label_fractions"])]
 
 
+def probe_outputs(file):
+    """`file` of every label fraction of one probe job (the job evaluates them all)."""
+    return expand(paths.job("probe", file), pct=LABEL_PCTS, allow_missing=True)
+
+
 def probe_inputs(wildcards):
-    ds = wildcards.dataset
-    out = {
-        "cache": cache_path(ds),
-        "split": split_path(ds, "classification", wildcards.seed),
-        "manifest": f"results/data/{ds}/manifest.parquet",
-    }
+    out = {**cache_and_split(wildcards, "classification"), "manifest": paths.manifest(wildcards.dataset)}
     # a contrastive method's encoder and its pretraining record; controls read neither
     if "encoder" in registry.entry("feature_sources", wildcards.method).reads:
-        job = f"results/pretrain/{wildcards.method}/{ds}/classification/{wildcards.backbone}/seed{wildcards.seed}"
-        out["encoder"] = f"{job}/encoder.pt"
-        out["pretrain_metrics"] = f"{job}/metrics.json"
+        job = dict(method=wildcards.method, dataset=wildcards.dataset, task="classification",
+                   backbone=wildcards.backbone, seed=wildcards.seed)
+        out["encoder"] = paths.job("pretrain", "encoder.pt", **job)
+        out["pretrain_metrics"] = paths.job("pretrain", "metrics.json", **job)
     return out
 
 
 @register_targets
 def probe_targets():
     """Every label fraction of every (method or control) x dataset x backbone x seed."""
-    pattern = "results/probe/{method}/{dataset}/{backbone}/seed{seed}/labels{pct}/metrics.json"
+    pattern = paths.job("probe", "metrics.json")
     grid = dict(dataset=datasets_with("classification"), seed=SEEDS, pct=LABEL_PCTS)
     controls = config["probe"]["controls"]
     out = expand(pattern, method=contrastive_methods() + [c for c in controls if c == "random"], backbone=BACKBONES, **grid)

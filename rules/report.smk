@@ -15,8 +15,8 @@ rule aggregate:
         published=PUBLISHED_CSVS,
         claims=[CLAIMS_FILE] if CLAIMS_FILE else [],
     output:
-        tables=expand("results/tables/{name}.parquet", name=TABLE_NAMES),
-        markdown=expand("results/tables/{name}.md", name=TABLE_NAMES),
+        tables=[paths.table(name) for name in TABLE_NAMES],
+        markdown=[paths.table(name, "md") for name in TABLE_NAMES],
         html=[_table_report(n) for n in TABLE_NAMES],
         claims=CLAIMS_OUTPUTS,
     params:
@@ -30,13 +30,14 @@ rule aggregate:
         "../workflow_scripts/aggregate.py"
 
 
+# The figures read only the files figure_inputs declares (defectbench.figures checks): a change to
+# any of them reruns the figures, and a figure that cannot use a file says which and why in the log.
 rule figures:
     input:
-        tables=expand("results/tables/{name}.parquet", name=STAGE_TABLES),
-        metrics=stage_metrics,
+        unpack(figure_inputs),
     output:
         report(
-            directory(FIGURES_DIR),
+            directory(paths.FIGURES_DIR),
             patterns=["{kind}--{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
@@ -45,6 +46,7 @@ rule figures:
         ),
     params:
         cfg=job_params("figures"),
+        image_sizes=figure_image_sizes(),
     threads: 2
     log:
         "logs/figures/figures.log",
@@ -65,14 +67,14 @@ rule figures:
 rule track:
     input:
         metrics=track_metrics,
-        tables=expand("results/tables/{name}.md", name=TABLE_NAMES),
-        figures=[FIGURES_DIR] if config["report"]["figures"] else [],
+        tables=[paths.table(name, "md") for name in TABLE_NAMES],
+        figures=[paths.FIGURES_DIR] if config["report"]["figures"] else [],
     output:
-        marker=TRACK_SENTINEL,
+        marker=paths.TRACK_MARKER,
         **({"store": update(str(TRACKING_STORE))} if TRACKING_STORE else {}),
     params:
         cfg=job_params("track"),
-        parent_artifacts=["results/tables"] + ([FIGURES_DIR] if config["report"]["figures"] else []),
+        parent_artifacts=[paths.TABLES_DIR] + ([paths.FIGURES_DIR] if config["report"]["figures"] else []),
     log:
         "logs/track/track.log",
     benchmark:

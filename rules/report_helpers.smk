@@ -1,9 +1,10 @@
-# Helpers of the report stage (rules/report.smk): output names, the stage-metrics input function
-# and the registered final targets. Kept apart from the rules (snakemake --lint).
+# Helpers of the report stage (rules/report.smk): output names, the stage-metrics and figure input
+# functions and the registered final targets. Kept apart from the rules (snakemake --lint).
 from pathlib import Path
 
 from snakemake.logging import logger
 
+from defectbench import figures as figures_lib
 from defectbench.runtime import DefectbenchError
 from defectbench.tables import comparison_csvs
 from defectbench.tracking import marker_is_current, sqlite_path
@@ -37,12 +38,9 @@ def claims_file():
 # Only published files with a row for a configured paper_dataset give a comparison table.
 PUBLISHED_CSVS = [str(p) for p in comparison_csvs(published_dir().glob("*.csv"), paper_datasets())]
 CLAIMS_FILE = claims_file()
-CLAIMS_OUTPUTS = [f"results/tables/claims.{ext}" for ext in ("parquet", "md", "html")] if CLAIMS_FILE else []
+CLAIMS_OUTPUTS = [paths.table("claims", ext) for ext in ("parquet", "md", "html")] if CLAIMS_FILE else []
 PUBLISHED_NAMES = [Path(p).stem for p in PUBLISHED_CSVS]
 TABLE_NAMES = STAGE_TABLES + [f"comparison_{n}" for n in PUBLISHED_NAMES]
-FIGURES_DIR = "results/figures"
-# The track rule's verification marker: what it synced, written only after reading the store back.
-TRACK_SENTINEL = "results/mlflow.synced.json"
 TRACKING_URI = config["tracking"]["uri"]
 # The embedded SQLite store (an output of the track rule); None with a tracking server.
 TRACKING_STORE = sqlite_path(TRACKING_URI)
@@ -57,7 +55,7 @@ def stage_metrics(wildcards=None):
 def track_metrics(wildcards):
     """The track rule's metrics inputs. First, a marker that no longer describes the store (the
     store was deleted or emptied, or tracking.uri changed) is removed, so the sync runs again."""
-    marker = Path(TRACK_SENTINEL)
+    marker = Path(paths.TRACK_MARKER)
     if marker.exists() and workflow.is_main_process:
         try:
             current, why = marker_is_current(marker, TRACKING_URI)
@@ -70,11 +68,47 @@ def track_metrics(wildcards):
     return stage_metrics()
 
 
+def figure_datasets():
+    """The datasets figures are drawn for: the classification and anomaly ones."""
+    return list(dict.fromkeys(datasets_with("classification") + datasets_with("anomaly")))
+
+
+def figure_image_sizes():
+    """dataset -> its image_size: the cache the figures show (the one its probes, encoders and scorers read)."""
+    return {name: image_size(name) for name in figure_datasets()}
+
+
+def figure_inputs(wildcards):
+    """Every file the figures job reads (defectbench.figures), so that a change to any reruns it:
+    the tables; each dataset's manifest and classification splits, image cache and masks at its
+    image_size; beside each job's metrics.json the files its figures draw from (figures.JOB_FILES).
+    Calls the other stages' target functions: at DAG time, when every rule file is loaded."""
+    files = figures_lib.JOB_FILES
+
+    def beside(targets, file):
+        return [str(Path(t).with_name(file)) for t in targets]
+
+    classification, anomaly = datasets_with("classification"), datasets_with("anomaly")
+    probes, supervised, mapped = probe_targets(), supervised_targets(), patchcore_targets() + ddad_targets()
+    return {
+        "tables": [paths.table(name) for name in figures_lib.TABLES],
+        "manifests": [paths.manifest(ds) for ds in classification],
+        "splits": [paths.split(ds, "classification", seed) for ds in classification for seed in SEEDS],
+        "images": [paths.cache(ds, image_size(ds)) for ds in figure_datasets()],
+        "masks": [paths.masks(ds, image_size(ds)) for ds in anomaly],
+        "predictions": beside(probes + supervised, files["predictions"]),
+        "classifiers": beside(probes, files["probe"]) + beside(supervised, files["supervised"]),
+        "encoders": beside(classification_pretrain_targets(), files["encoder"]),
+        "scores": beside(anomaly_targets() + mapped, files["scores"]),
+        "maps": beside(mapped, files["maps"]),
+    }
+
+
 def _table_report(name):
     """The HTML rendering of a table, marked for the report with the caption of its kind."""
     stage = name if name in STAGE_TABLES else "comparison"
     return report(
-        f"results/tables/{name}.html",
+        paths.table(name, "html"),
         caption=f"../report/table_{stage}.rst",
         category="Tables" if stage != "comparison" else "Published vs ours",
         labels={"table": name},
@@ -84,8 +118,8 @@ def _table_report(name):
 @register_targets
 def report_targets():
     """Final outputs of the report stage: tables, comparisons, figures, MLflow sentinel."""
-    out = [f"results/tables/{n}.{ext}" for n in TABLE_NAMES for ext in ("parquet", "md", "html")] + CLAIMS_OUTPUTS
+    out = [paths.table(n, ext) for n in TABLE_NAMES for ext in ("parquet", "md", "html")] + CLAIMS_OUTPUTS
     if config["report"]["figures"]:
-        out.append(FIGURES_DIR)
-    out.append(TRACK_SENTINEL)
+        out.append(paths.FIGURES_DIR)
+    out.append(paths.TRACK_MARKER)
     return out

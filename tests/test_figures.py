@@ -55,17 +55,6 @@ def test_worst_anomaly_failures_respects_threshold():
     assert out == {"fp": [1, 5], "fn": [3]}  # holdout row 6 is never a test failure
 
 
-def test_roc_points_match_sklearn():
-    from sklearn.metrics import auc, roc_auc_score
-
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 200)
-    scores = np.round(rng.normal(size=200) + labels, 1)  # with ties
-    fpr, tpr, recall, precision = figures.roc_curve_points(labels, scores)
-    assert auc(fpr, tpr) == pytest.approx(roc_auc_score(labels, scores))
-    assert recall[-1] == pytest.approx(1.0) and precision[-1] == pytest.approx(labels.mean())
-
-
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
     """A tiny results tree: manifest, split, cache, masks, 2 probe jobs at 2 fractions, 2 anomaly jobs."""
@@ -114,7 +103,7 @@ def project(tmp_path: Path) -> Path:
 
 def test_make_figures_from_job_files(project: Path):
     out = project / "results" / "figures"
-    written = figures.make_figures(project / "results" / "tables", out, root=project)
+    written = figures.make_figures(project / "results" / "tables", out, {"toy": 16}, root=project)
     names = {p.name for p in written}
     expected = {
         "label-efficiency--toy.png", "confusion--toy-labels100.png", "failures--toy-classification.png",
@@ -127,9 +116,48 @@ def test_make_figures_from_job_files(project: Path):
 
 
 def test_make_figures_with_nothing(tmp_path: Path):
-    assert figures.make_figures(tmp_path / "missing-tables", tmp_path / "figs", root=tmp_path) == []
+    assert figures.make_figures(tmp_path / "missing-tables", tmp_path / "figs", {}, root=tmp_path) == []
     assert (tmp_path / "figs").is_dir()
 
+
+
+def _declared(project: Path, *left_out: str) -> list[str]:
+    """Every file of the project as the figures rule would declare it (relative), but `left_out`."""
+    files = [p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file()]
+    return [f for f in files if f not in left_out]
+
+
+def test_a_figure_without_its_file_says_which_and_why(project: Path, caplog):
+    (project / "results" / "data" / "toy" / "cache-16.npy").unlink()
+    with caplog.at_level("WARNING", logger="defectbench"):
+        names = {p.name for p in figures.make_figures(project / "results" / "tables", project / "figs", {"toy": 16},
+                                                      root=project)}
+    # the galleries need the images; the curves and matrices do not
+    assert "failures--toy-classification.png" not in names and "anomaly-maps--toy-patchcore.png" not in names
+    assert {"confusion--toy-labels100.png", "roc-pr--toy.png", "score-hist--toy.png"} <= names
+    assert "failures--toy-classification.png drawn without results/data/toy/cache-16.npy (missing)" in caplog.text
+
+
+def test_figures_read_only_declared_files(project: Path, caplog):
+    undeclared = "results/probe/simclr/toy/resnet18/seed0/labels100/predictions.parquet"
+    with caplog.at_level("WARNING", logger="defectbench"):
+        written = figures.make_figures(project / "results" / "tables", project / "figs", {"toy": 16}, root=project,
+                                       declared=_declared(project, undeclared))
+    assert f"confusion--toy-labels100.png drawn without {undeclared} (not an input of the figures rule)" in caplog.text
+    # the other job's matrix is still drawn; with every file declared none is left out for that
+    assert "confusion--toy-labels100.png" in {p.name for p in written}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="defectbench"):
+        figures.make_figures(project / "results" / "tables", project / "figs", {"toy": 16}, root=project,
+                             declared=_declared(project))
+    assert "not an input" not in caplog.text
+
+
+def test_an_unreadable_file_stops_the_figures(project: Path):
+    """Only a missing or undeclared file is reported and drawn around; a corrupt one is an error."""
+    (project / "results" / "anomaly" / "knn" / "toy" / "seed0" / "scores.parquet").write_bytes(b"not parquet")
+    with pytest.raises(Exception, match="[Pp]arquet"):
+        figures.make_figures(project / "results" / "tables", project / "figs", {"toy": 16}, root=project)
 
 def test_tsne_plot_and_label_efficiency(tmp_path: Path):
     rng = np.random.default_rng(1)
@@ -160,5 +188,23 @@ def test_tsne_and_gradcam_from_real_encoder_files(project: Path):
     metrics = sorted((project / "results").rglob("metrics.json"))
     tables.write_tables(metrics, project / "results" / "tables", root=project)
     out = project / "results" / "figures"
-    names = {p.name for p in figures.make_figures(project / "results" / "tables", out, root=project)}
+    names = {p.name for p in figures.make_figures(project / "results" / "tables", out, {"toy": 16}, root=project)}
     assert {"tsne--toy.png", "gradcam--toy.png"} <= names, sorted(names)
+
+
+def test_figures_rule_declares_every_kind_of_file_the_figures_read(tmp_path: Path):
+    """The demo's figures job (dry run): its inputs hold the tables, the data files at the image size
+    and each kind of job file figures.py reads (the demo run checks none is read undeclared)."""
+    from workflow_helpers import snakemake, working_copy
+
+    project = working_copy(tmp_path)
+    proc = snakemake(project, "results/figures", "-n", "--cores", "1", "--configfile", "config/config.yaml", timeout=300)
+    block = proc.stdout[proc.stdout.index("rule figures:"):]
+    inputs = block.split("input: ", 1)[1].split("\n", 1)[0].split(", ")
+    names = {Path(p).name for p in inputs}
+    assert set(figures.JOB_FILES.values()) <= names, sorted(names)
+    data = "results/data/elpv"
+    assert {f"{data}/manifest.parquet", f"{data}/splits/classification-seed0.parquet", f"{data}/cache-32.npy",
+            f"{data}/masks-32.npy"} <= set(inputs)
+    assert {f"results/tables/{name}.parquet" for name in figures.TABLES} <= set(inputs)
+    assert "metrics.json" not in names  # thresholds come from the anomaly table

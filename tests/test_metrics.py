@@ -17,6 +17,7 @@ from defectbench.metrics.anomaly import (
     leaky_percentile_metrics,
     per_region_overlap,
     pixel_auroc,
+    roc_pr_points,
 )
 from defectbench.metrics.classification import classification_metrics, confusion
 from defectbench.metrics.clustering import clustering_metrics, hungarian_match
@@ -109,6 +110,22 @@ def test_binary_auroc_and_ap_match_sklearn_with_ties():
     m = evaluate_anomaly(s, y, s[y == 0])
     assert m["image_auprc"] == pytest.approx(average_precision_score(y, s))
 
+
+
+def test_roc_pr_points_match_sklearn_curves():
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(size=200) + labels, 1)  # with ties
+    fpr, tpr, recall, precision = roc_pr_points(labels, scores)
+    sk_fpr, sk_tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert np.allclose(fpr, sk_fpr) and np.allclose(tpr, sk_tpr)
+    sk_precision, sk_recall, _ = precision_recall_curve(labels, scores)  # lowest threshold first, plus (0, 1)
+    assert np.allclose(recall, sk_recall[:-1][::-1]) and np.allclose(precision, sk_precision[:-1][::-1])
+    # one class only: rates of 0 (the curve a plot draws), not NaN
+    fpr, tpr, recall, precision = roc_pr_points(np.zeros(3, int), np.array([0.1, 0.2, 0.3]))
+    assert tpr.tolist() == [0.0, 0.0, 0.0, 0.0] and fpr.tolist() == [0.0, 1 / 3, 2 / 3, 1.0]
 
 def test_evaluate_anomaly_threshold_from_holdout():
     test_scores = np.array([0.1, 0.2, 0.6, 0.3, 0.7, 0.9])

@@ -1,9 +1,13 @@
 """Figures for people: PNGs under ``results/figures/`` named ``<kind>--<subject>.png``.
 
-Every figure is made from files the jobs already wrote (tables, ``predictions.parquet``,
-``scores.parquet`` + ``maps.npy``, ``encoder.pt``, ``probe.pt``, supervised ``model.pt``, the
-image caches); a figure whose inputs are missing is skipped with a log line, never an error, so
-the report always builds from what exists.
+Every figure is made from files the jobs already wrote: the stage tables, beside each job's
+metrics.json its ``predictions.parquet``, ``scores.parquet`` + ``maps.npy``, ``encoder.pt``,
+``probe.pt`` or supervised ``model.pt`` (``JOB_FILES``), and each dataset's manifest,
+classification splits, image cache and masks at its image size (:mod:`defectbench.paths`).
+The figures rule declares every one of them as an input (so a change to any reruns it) and
+passes the list: :func:`make_figures` reads no other file. A figure that cannot use a file
+(missing, or not declared) is drawn without it or not at all, with a log line naming the file
+and why; any other failure (an unreadable file, a bug) stops the job like any other error.
 
 Kinds (``FIGURE_KINDS``): ``label-efficiency`` (macro F1 vs labelled fraction per method),
 ``confusion`` (confusion matrices), ``roc-pr`` (ROC and PR curves of the anomaly scorers),
@@ -13,21 +17,25 @@ Kinds (``FIGURE_KINDS``): ``label-efficiency`` (macro F1 vs labelled fraction pe
 positives / negatives per class), ``budget`` (the budget curve: probe accuracy vs pretraining
 optimiser steps per image size, with the random-init control).
 
-The pure helpers (:func:`grad_cam`, :func:`worst_failures`, :func:`worst_anomaly_failures`,
-:func:`roc_curve_points`) are unit-tested on hand-computed inputs.
+The pure helpers (:func:`grad_cam`, :func:`worst_failures`, :func:`worst_anomaly_failures`) are
+unit-tested on hand-computed inputs; ROC/PR points and confusion matrices come from
+:mod:`defectbench.metrics`, the code the metrics themselves use.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from defectbench import paths, registry
+from defectbench.metrics.anomaly import binary_auroc, roc_pr_points
+from defectbench.metrics.classification import confusion
 from defectbench.runtime import DefectbenchError, atomic_path
 
 log = logging.getLogger("defectbench")
@@ -65,21 +73,6 @@ def figure_path(out_dir: str | Path, kind: str, subject: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- pure helpers
-def roc_curve_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, recall, precision) at every distinct threshold, highest score first (label 1 = positive)."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last index of each tied group
-    tp = np.cumsum(y)[last].astype(np.float64)
-    fp = np.cumsum(~y)[last].astype(np.float64)
-    p, n = max(labels.sum(), 1), max((~labels).sum(), 1)
-    fpr, tpr = np.r_[0.0, fp / n], np.r_[0.0, tp / p]
-    precision = tp / np.maximum(tp + fp, 1)
-    return fpr, tpr, tp / p, precision
-
-
 def worst_failures(pred: pd.DataFrame, n: int = 3) -> dict[int, dict[str, list[int]]]:
     """Per class k: the ``n`` worst false negatives (true k, predicted otherwise, lowest p_k) and
     false positives (predicted k, true otherwise, highest p_k), as manifest rows.
@@ -227,10 +220,6 @@ def plot_budget_curves(budget: pd.DataFrame, controls: pd.DataFrame, out_dir: Pa
     return written
 
 
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-
-
 def plot_confusions(jobs: list[tuple[str, pd.DataFrame]], class_names: list[str], out: Path) -> Path | None:
     """Row-normalised confusion matrices of several jobs side by side (title = job label)."""
     if not jobs:
@@ -245,7 +234,7 @@ def plot_confusions(jobs: list[tuple[str, pd.DataFrame]], class_names: list[str]
     for ax in axes.flat[len(jobs):]:
         ax.axis("off")
     for ax, (label, p) in zip(axes.flat, jobs):
-        cm = _confusion(p["y_true"].to_numpy(int), p["y_pred"].to_numpy(int), k)
+        cm = confusion(p["y_true"].to_numpy(int), p["y_pred"].to_numpy(int), k)
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for i in range(k):
@@ -271,9 +260,8 @@ def plot_roc_pr(jobs: list[tuple[str, pd.DataFrame]], title: str, out: Path) -> 
     plt = _plt()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.2))
     for label, s in jobs:
-        fpr, tpr, rec, prec = roc_curve_points(s["label"].to_numpy(), s["score"].to_numpy())
-        auc = float(np.trapezoid(tpr, fpr))
-        roc.plot(fpr, tpr, label=f"{label} (AUROC {auc:.3f})")
+        fpr, tpr, rec, prec = roc_pr_points(s["label"].to_numpy(), s["score"].to_numpy())
+        roc.plot(fpr, tpr, label=f"{label} (AUROC {binary_auroc(s['label'].to_numpy(), s['score'].to_numpy()):.3f})")
         pr.plot(np.r_[0.0, rec], np.r_[prec[0] if len(prec) else 1.0, prec], label=label)
     base = float(jobs[0][1]["label"].mean())
     roc.plot([0, 1], [0, 1], "k:", lw=0.8)
@@ -375,14 +363,25 @@ def plot_tsne(embeddings: list[tuple[str, np.ndarray]], labels: np.ndarray, clas
     return _save(fig, out)
 
 
-# ----------------------------------------------------------------------------- discovery
-class _Results:
-    """Finds job outputs under the project root from the tables' ``path`` column."""
+# ----------------------------------------------------------------------------- inputs
+TABLES: tuple[str, ...] = ("classification", "anomaly", "pretraining")
 
-    def __init__(self, root: Path, tables_dir: Path):
+
+class _Results:
+    """The files the figures read: the stage tables (``TABLES``); through their ``path`` column each
+    job's files (:data:`JOB_FILES`); each dataset's manifest, classification splits and image cache
+    and masks at its image size (:mod:`defectbench.paths`).
+
+    ``declared``: the input files of the figures rule (None outside Snakemake). A file outside it is
+    never read, so every figure depends only on files Snakemake knows; a file that is missing or
+    undeclared leaves the figures that need it out, each with a log line naming the file and why.
+    """
+
+    def __init__(self, root: Path, tables_dir: Path, image_sizes: Mapping[str, int], declared: Iterable[str] | None):
         self.root = root
-        self.tables = {name: self._table(tables_dir / f"{name}.parquet") for name in
-                       ("classification", "anomaly", "clustering", "pretraining")}
+        self.image_sizes = dict(image_sizes)
+        self.declared = None if declared is None else {os.path.normpath(p) for p in declared}
+        self.tables = {name: self._table(tables_dir / f"{name}.parquet") for name in TABLES}
         # budget-curve points are classification rows with budget keys: they get their own figure
         # and stay out of the per-method figures (they would repeat a method at other budgets)
         cls = self.tables["classification"]
@@ -393,61 +392,84 @@ class _Results:
 
     @staticmethod
     def _table(path: Path) -> pd.DataFrame:
-        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        if not path.exists():
+            log.warning("figures: %s missing; no figure of its stage", path)
+            return pd.DataFrame()
+        return pd.read_parquet(path)
 
-    def job_dir(self, row: Mapping[str, Any]) -> Path:
-        return (self.root / str(row["path"])).parent
+    def file(self, path: str | Path, figure: str, optional: bool = False) -> Path | None:
+        """``root/path`` when ``figure`` may read it, else None with a log line (none for an
+        ``optional`` file that does not exist: the maps of a scorer that writes none)."""
+        rel = os.path.normpath(path)
+        full = self.root / rel
+        if not full.exists():
+            if optional:
+                return None
+            reason = "missing"
+        elif self.declared is not None and rel not in self.declared:
+            reason = "not an input of the figures rule"
+        else:
+            return full
+        log.warning("figures: %s drawn without %s (%s)", figure, rel, reason)
+        return None
 
-    def images(self, dataset: str) -> np.ndarray | None:
-        """The largest cached image array of a dataset (memory-mapped), or None."""
+    def job_file(self, row: Mapping[str, Any], name: str, figure: str, optional: bool = False) -> Path | None:
+        """File ``name`` of the job a table row describes (beside its metrics.json)."""
+        return self.file(Path(str(row["path"])).parent / name, figure, optional)
+
+    def images(self, dataset: str, figure: str) -> np.ndarray | None:
+        """The dataset's image cache (memory-mapped) at its image size."""
         if dataset not in self._images:
-            caches = sorted((self.root / "results" / "data" / dataset).glob("cache-*.npy"),
-                            key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else 0)
-            self._images[dataset] = np.load(caches[-1], mmap_mode="r") if caches else None
+            path = self.file(paths.cache(dataset, self.image_sizes[dataset]), figure)
+            self._images[dataset] = None if path is None else np.load(path, mmap_mode="r")
         return self._images[dataset]
 
-    def masks(self, dataset: str, size: int) -> np.ndarray | None:
-        path = self.root / "results" / "data" / dataset / f"masks-{size}.npy"
-        return np.load(path, mmap_mode="r") if path.exists() else None
+    def masks(self, dataset: str, figure: str) -> np.ndarray | None:
+        path = self.file(paths.masks(dataset, self.image_sizes[dataset]), figure)
+        return None if path is None else np.load(path, mmap_mode="r")
 
-    def class_names(self, dataset: str) -> list[str]:
-        manifest = self.root / "results" / "data" / dataset / "manifest.parquet"
-        if not manifest.exists():
+    def class_names(self, dataset: str, figure: str) -> list[str]:
+        """Class names by label from the manifest (empty when it cannot be read: labels shown as numbers)."""
+        path = self.file(paths.manifest(dataset), figure)
+        if path is None:
             return []
-        m = pd.read_parquet(manifest, columns=["label", "class_name"]).drop_duplicates("label").sort_values("label")
+        m = pd.read_parquet(path, columns=["label", "class_name"]).drop_duplicates("label").sort_values("label")
         names = [""] * (int(m["label"].max()) + 1) if len(m) else []
         for label, name in zip(m["label"], m["class_name"]):
             names[int(label)] = str(name)
         return names
 
-    def split(self, dataset: str, task: str, seed: int) -> pd.DataFrame | None:
-        path = self.root / "results" / "data" / dataset / "splits" / f"{task}-seed{seed}.parquet"
-        return pd.read_parquet(path) if path.exists() else None
+    def split(self, dataset: str, task: str, seed: int, figure: str) -> pd.DataFrame | None:
+        path = self.file(paths.split(dataset, task, seed), figure)
+        return None if path is None else pd.read_parquet(path)
 
 
-def _first_seed(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["seed"] == df["seed"].min()] if len(df) else df
+# The files beside a job's metrics.json that the figures read (the figures rule declares them).
+JOB_FILES = {
+    "predictions": "predictions.parquet", "probe": "probe.pt", "supervised": "model.pt", "encoder": "encoder.pt",
+    "scores": "scores.parquet", "maps": "maps.npy",
+}
+
+
+def _first_seed_per_dataset(table: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
+    """(dataset, its rows of the table's lowest seed), by dataset name."""
+    if table.empty:
+        return []
+    first = table[table["seed"] == table["seed"].min()]
+    return ((str(dataset), rows) for dataset, rows in first.groupby("dataset", sort=True))
+
+
+def _largest_fraction(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["labels_pct"] == rows["labels_pct"].max()]
 
 
 def _label(row: Mapping[str, Any], cols: Iterable[str]) -> str:
     return " / ".join(str(row[c]) for c in cols if c in row and isinstance(row[c], str) and row[c])
 
 
-def _threshold(job_dir: Path) -> float | None:
-    try:
-        value = json.loads((job_dir / "metrics.json").read_text())["metrics"].get("threshold")
-    except (OSError, ValueError, KeyError):
-        return None
-    return None if value is None else float(value)
-
-
-def _safe(kind: str, func: Callable[[], list[Path | None]]) -> list[Path]:
-    """Run one figure family; a failure is logged and skipped so the other figures still appear."""
-    try:
-        return [p for p in func() if p is not None]
-    except Exception as exc:  # noqa: BLE001 - a broken figure must not stop the report
-        log.warning("figures: %s skipped (%s: %s)", kind, type(exc).__name__, exc)
-        return []
+def _threshold(row: Mapping[str, Any]) -> float | None:
+    value = row.get("threshold")
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _name(names: list[str], k: Any) -> str:
@@ -455,79 +477,58 @@ def _name(names: list[str], k: Any) -> str:
     return names[k] if 0 <= k < len(names) and names[k] else str(k)
 
 
-def _classification_figures(res: _Results, out_dir: Path) -> list[Path | None]:
-    cls = res.tables["classification"]
-    written: list[Path | None] = []
-    if cls.empty:
+def _confusion_and_failures(res: _Results, dataset: str, top: pd.DataFrame, out_dir: Path) -> list[Path | None]:
+    """Confusion matrices of every job at the largest labelled fraction, and the worst
+    classification failures of the first of them."""
+    pct = f"{top['labels_pct'].iloc[0]:g}"
+    confusion_png = figure_path(out_dir, "confusion", f"{dataset}-labels{pct}")
+    jobs = []
+    for _, row in top.iterrows():
+        path = res.job_file(row, JOB_FILES["predictions"], confusion_png.name)
+        if path is not None:
+            jobs.append((row, pd.read_parquet(path)))
+    if not jobs:
+        return []
+    names = res.class_names(dataset, confusion_png.name)
+    written = [plot_confusions([(_label(r, ("method", "backbone")), p) for r, p in jobs], names, confusion_png)]
+    failures_png = figure_path(out_dir, "failures", f"{dataset}-classification")
+    images = res.images(dataset, failures_png.name)
+    if images is None:
         return written
-    for dataset, d in _first_seed(cls).groupby("dataset", sort=True):
-        top = d[d["labels_pct"] == d["labels_pct"].max()]
-        jobs = []
-        for _, row in top.iterrows():
-            pred_path = res.job_dir(row) / "predictions.parquet"
-            if pred_path.exists():
-                jobs.append((row, pd.read_parquet(pred_path)))
-        if not jobs:
+    row, pred = jobs[0]
+    proba = pred.set_index("row")
+    grid_rows, titles, cells = [], [], []
+    for k, f in worst_failures(pred, n=3).items():
+        if not f["fn"] + f["fp"]:
             continue
-        names = res.class_names(str(dataset))
-        pct = f"{top['labels_pct'].iloc[0]:g}"
-        written.append(plot_confusions([(_label(r, ("method", "backbone")), p) for r, p in jobs], names,
-                                       figure_path(out_dir, "confusion", f"{dataset}-labels{pct}")))
-        images = res.images(str(dataset))
-        if images is None:
-            continue
-        row, pred = jobs[0]
-        fails = worst_failures(pred, n=3)
-        grid_rows, titles, cells = [], [], []
-        proba = pred.set_index("row")
-        for k, f in fails.items():
-            sel = f["fn"] + f["fp"]
-            if not sel:
-                continue
-            grid_rows.append(sel)
-            titles.append(f"{_name(names, k)}\n(FN left, FP right)")
-            cells.append([f"FN p={proba.loc[r, f'proba_{k}']:.2f}" for r in f["fn"]]
-                         + [f"FP: true {_name(names, proba.loc[r, 'y_true'])}\np={proba.loc[r, f'proba_{k}']:.2f}"
-                            for r in f["fp"]])
-        written.append(_gallery(images, grid_rows, titles, cells,
-                                f"{dataset}: worst false negatives / positives per class ({_label(row, ('method', 'backbone'))}, {pct}% labels)",
-                                figure_path(out_dir, "failures", f"{dataset}-classification")))
+        grid_rows.append(f["fn"] + f["fp"])
+        titles.append(f"{_name(names, k)}\n(FN left, FP right)")
+        cells.append([f"FN p={proba.loc[r, f'proba_{k}']:.2f}" for r in f["fn"]]
+                     + [f"FP: true {_name(names, proba.loc[r, 'y_true'])}\np={proba.loc[r, f'proba_{k}']:.2f}"
+                        for r in f["fp"]])
+    title = (f"{dataset}: worst false negatives / positives per class "
+             f"({_label(row, ('method', 'backbone'))}, {pct}% labels)")
+    written.append(_gallery(images, grid_rows, titles, cells, title, failures_png))
     return written
 
 
-def _gradcam_all(res: _Results, out_dir: Path) -> list[Path | None]:
-    """Grad-CAM per dataset, for the jobs at the largest labelled fraction of the first seed."""
-    cls = res.tables["classification"]
-    written: list[Path | None] = []
-    if cls.empty:
-        return written
-    for dataset, d in _first_seed(cls).groupby("dataset", sort=True):
-        images = res.images(str(dataset))
-        if images is not None:
-            top = d[d["labels_pct"] == d["labels_pct"].max()]
-            written.extend(_gradcam_figures(res, str(dataset), top, images, res.class_names(str(dataset)), out_dir))
-    return written
-
-
-def _classifier_for(res: _Results, row: Mapping[str, Any]) -> "torch.nn.Module | None":  # noqa: F821
-    """Encoder + linear head of a probe (``probe.pt`` beside its metrics) or a supervised ``model.pt``."""
+def _classifier_for(res: _Results, row: Mapping[str, Any], figure: str) -> "torch.nn.Module | None":  # noqa: F821
+    """Encoder + linear head of a probe (``probe.pt`` beside its metrics) or a supervised ``model.pt``;
+    None for a probe of a control (a backbone with no encoder file to explain)."""
     import torch
     from torch import nn
 
     from defectbench.models.encoders import load_encoder
     from defectbench.runtime import load_torch
 
-    job = res.job_dir(row)
-    if (job / "model.pt").exists():  # supervised: encoder.pt format + "head" {weight, bias}
-        encoder_path, head = job / "model.pt", load_torch(job / "model.pt").get("head")
-    elif (job / "probe.pt").exists():
-        head = load_torch(job / "probe.pt")
-        if not head.get("encoder"):  # a control (random / pretrained backbone): no encoder file
-            return None
-        encoder_path = res.root / str(head["encoder"])
+    if str(row["method"]) == "supervised":  # encoder.pt format + "head" {weight, bias}
+        encoder_path = res.job_file(row, JOB_FILES["supervised"], figure)
+        head = None if encoder_path is None else load_torch(encoder_path).get("head")
     else:
-        return None
-    if not head or "weight" not in head or not encoder_path.exists():
+        probe_path = res.job_file(row, JOB_FILES["probe"], figure)
+        head = None if probe_path is None else load_torch(probe_path)
+        encoder_path = res.file(head["encoder"], figure) if head and head.get("encoder") else None
+    if head is None or encoder_path is None:
         return None
     encoder, _, _ = load_encoder(str(encoder_path), torch.device("cpu"))
     linear = nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
@@ -535,21 +536,24 @@ def _classifier_for(res: _Results, row: Mapping[str, Any]) -> "torch.nn.Module |
     return nn.Sequential(encoder, linear).eval()
 
 
-def _gradcam_figures(res: _Results, dataset: str, jobs: pd.DataFrame, images: np.ndarray, names: list[str],
-                     out_dir: Path) -> list[Path | None]:
+def _gradcam_figure(res: _Results, dataset: str, top: pd.DataFrame, out_dir: Path) -> Path | None:
+    """Grad-CAM of every job at the largest labelled fraction, on one test image per class."""
     import torch
 
     from defectbench.models.backbones import imagenet_normalize
 
-    split = res.split(dataset, "classification", int(jobs["seed"].min()))
-    if split is None:
-        return []
+    png = figure_path(out_dir, "gradcam", dataset)
+    images = res.images(dataset, png.name)
+    split = res.split(dataset, "classification", int(top["seed"].min()), png.name)
+    if images is None or split is None:
+        return None
+    names = res.class_names(dataset, png.name)
     test = split[split["subset"] == "test"].sort_values("row")
     # one test image per class (the first), the same images for every model
     picks = test.groupby("label", sort=True)["row"].first().astype(int).tolist()[:6]
     grid, titles, cells, overlays = [], [], [], []
-    for _, row in jobs.iterrows():
-        model = _classifier_for(res, row)
+    for _, row in top.iterrows():
+        model = _classifier_for(res, row, png.name)
         if model is None:
             continue
         x = imagenet_normalize(torch.from_numpy(np.ascontiguousarray(images[picks])))
@@ -562,53 +566,53 @@ def _gradcam_figures(res: _Results, dataset: str, jobs: pd.DataFrame, images: np
                       f"{names[p] if p < len(names) else p}" for r, p in zip(picks, pred)])
         overlays.append(list(cams))
     if not grid:
+        return None
+    return _gallery(images, grid, titles, cells, f"{dataset}: Grad-CAM of the predicted class (true → predicted)",
+                    png, overlays=overlays)
+
+
+def _anomaly_figures(res: _Results, dataset: str, rows: pd.DataFrame, out_dir: Path) -> list[Path | None]:
+    """ROC/PR curves and score histograms of every scorer, the worst errors of the best-ranked one,
+    and the anomaly maps of each scorer that writes maps."""
+    roc_png = figure_path(out_dir, "roc-pr", dataset)
+    jobs = []
+    for _, row in rows.iterrows():
+        path = res.job_file(row, JOB_FILES["scores"], roc_png.name)
+        if path is not None:
+            jobs.append((row, pd.read_parquet(path), _threshold(row)))
+    if not jobs:
         return []
-    return [_gallery(images, grid, titles, cells, f"{dataset}: Grad-CAM of the predicted class (true → predicted)",
-                     figure_path(out_dir, "gradcam", dataset), overlays=overlays)]
-
-
-def _anomaly_figures(res: _Results, out_dir: Path) -> list[Path | None]:
-    an = res.tables["anomaly"]
-    written: list[Path | None] = []
-    if an.empty:
+    labels = [_label(r, ("scorer", "features", "backbone")) for r, _, _ in jobs]
+    written = [
+        plot_roc_pr([(l, s) for l, (_, s, _) in zip(labels, jobs)], dataset, roc_png),
+        plot_score_histograms([(l, s, t) for l, (_, s, t) in zip(labels, jobs)],
+                              f"{dataset}: test scores (threshold from held-out nominal images)",
+                              figure_path(out_dir, "score-hist", dataset)),
+    ]
+    failures_png = figure_path(out_dir, "failures", f"{dataset}-anomaly")
+    images = res.images(dataset, failures_png.name)
+    if images is None:
         return written
-    for dataset, d in _first_seed(an).groupby("dataset", sort=True):
-        jobs = []
-        for _, row in d.iterrows():
-            scores_path = res.job_dir(row) / "scores.parquet"
-            if scores_path.exists():
-                jobs.append((row, pd.read_parquet(scores_path), _threshold(res.job_dir(row))))
-        if not jobs:
-            continue
-        labels = [_label(r, ("scorer", "features", "backbone")) for r, _, _ in jobs]
-        written.append(plot_roc_pr([(l, s) for l, (_, s, _) in zip(labels, jobs)], str(dataset),
-                                   figure_path(out_dir, "roc-pr", str(dataset))))
-        written.append(plot_score_histograms([(l, s, t) for l, (_, s, t) in zip(labels, jobs)],
-                                             f"{dataset}: test scores (threshold from held-out nominal images)",
-                                             figure_path(out_dir, "score-hist", str(dataset))))
-        images = res.images(str(dataset))
-        if images is None:
-            continue
-        # failure gallery of the best-ranked scorer by image AUROC (a display choice, not model selection)
-        best = max(range(len(jobs)), key=lambda i: -1 if pd.isna(jobs[i][0].get("image_auroc")) else jobs[i][0]["image_auroc"])
-        row, scores, threshold = jobs[best]
-        fails = worst_anomaly_failures(scores, threshold, n=5)
-        by_row = scores.set_index("row")["score"]
-        grid = [r for r in (fails["fp"], fails["fn"]) if r]
-        titles = [t for t, r in (("false pos.\n(nominal)", fails["fp"]), ("false neg.\n(anomalous)", fails["fn"])) if r]
-        cells = [[f"score {by_row.loc[r]:.3g}" for r in rows] for rows in grid]
-        written.append(_gallery(images, grid, titles, cells,
-                                f"{dataset}: worst errors of {labels[best]} at its threshold",
-                                figure_path(out_dir, "failures", f"{dataset}-anomaly")))
-        for (row, scores, _), label in zip(jobs, labels):
-            written.append(_map_overlays(res, str(dataset), row, scores, images, label, out_dir))
+    # failure gallery of the best-ranked scorer by image AUROC (a display choice, not model selection)
+    best = max(range(len(jobs)), key=lambda i: -1 if pd.isna(jobs[i][0].get("image_auroc")) else jobs[i][0]["image_auroc"])
+    row, scores, threshold = jobs[best]
+    fails = worst_anomaly_failures(scores, threshold, n=5)
+    by_row = scores.set_index("row")["score"]
+    grid = [r for r in (fails["fp"], fails["fn"]) if r]
+    titles = [t for t, r in (("false pos.\n(nominal)", fails["fp"]), ("false neg.\n(anomalous)", fails["fn"])) if r]
+    cells = [[f"score {by_row.loc[r]:.3g}" for r in picks] for picks in grid]
+    written.append(_gallery(images, grid, titles, cells, f"{dataset}: worst errors of {labels[best]} at its threshold",
+                            failures_png))
+    for (row, scores, _), label in zip(jobs, labels):
+        written.append(_map_overlays(res, dataset, row, scores, images, label, out_dir))
     return written
 
 
 def _map_overlays(res: _Results, dataset: str, row: Mapping[str, Any], scores: pd.DataFrame, images: np.ndarray,
                   label: str, out_dir: Path, n: int = 6) -> Path | None:
-    maps_path = res.job_dir(row) / "maps.npy"
-    if not maps_path.exists():
+    png = figure_path(out_dir, "anomaly-maps", f"{dataset}-{label.replace(' / ', '-')}")
+    maps_path = res.job_file(row, JOB_FILES["maps"], png.name, optional=True)
+    if maps_path is None:
         return None
     maps = np.load(maps_path, mmap_mode="r")
     test = scores[scores["subset"] == "test"] if "subset" in scores.columns else scores
@@ -618,7 +622,8 @@ def _map_overlays(res: _Results, dataset: str, row: Mapping[str, Any], scores: p
     elif len(maps) == len(test):
         index = dict(zip(test["row"].astype(int), range(len(test))))
     else:
-        log.warning("figures: %s has %d maps but no map_index column; skipped", maps_path, len(maps))
+        log.warning("figures: %s not drawn: %s has %d maps for %d test images and no map_index column",
+                    png.name, maps_path, len(maps), len(test))
         return None
     labels = test.set_index("row")["label"]
     anomalous = [r for r in index if labels.get(r, 0) == 1][: n // 2 + n % 2]
@@ -627,7 +632,7 @@ def _map_overlays(res: _Results, dataset: str, row: Mapping[str, Any], scores: p
     if not picks:
         return None
     size = images.shape[1]
-    masks = res.masks(dataset, size)
+    masks = res.masks(dataset, png.name)
     hi = float(max(np.max(maps[index[r]]) for r in picks)) or 1.0
     lo = float(min(np.min(maps[index[r]]) for r in picks))
     heat = [_resize((np.asarray(maps[index[r]], dtype=np.float32) - lo) / max(hi - lo, 1e-12), size) for r in picks]
@@ -637,8 +642,7 @@ def _map_overlays(res: _Results, dataset: str, row: Mapping[str, Any], scores: p
     outline = [np.asarray(masks[r]) if masks is not None else None for r in picks]
     return _gallery(images, grid, ["image", "map"], cells,
                     f"{dataset}: {label} anomaly maps (common colour scale; green = ground-truth mask)",
-                    figure_path(out_dir, "anomaly-maps", f"{dataset}-{label.replace(' / ', '-')}"),
-                    overlays=overlays, outlines=[outline, outline])
+                    png, overlays=overlays, outlines=[outline, outline])
 
 
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
@@ -651,55 +655,64 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _tsne_figures(res: _Results, out_dir: Path, max_points: int = 600) -> list[Path | None]:
+def _encoder_rows(pretraining: pd.DataFrame) -> pd.DataFrame:
+    """Pretraining rows of contrastive encoders of the classification task (not the diffusion models)."""
+    if pretraining.empty or "task" not in pretraining.columns:
+        return pd.DataFrame()
+    contrastive = pretraining["method"].isin(registry.names("contrastive_methods"))
+    return pretraining[contrastive & ((pretraining["task"] == "classification") | pretraining["task"].isna())]
+
+
+def _tsne_figure(res: _Results, dataset: str, rows: pd.DataFrame, out_dir: Path, max_points: int = 600) -> Path | None:
     import torch
 
     from defectbench.features import extract_features
     from defectbench.models.encoders import load_encoder
 
-    pre = res.tables["pretraining"]
-    if pre.empty or "task" not in pre.columns:
-        return []
-    written: list[Path | None] = []
-    enc = _first_seed(pre[(pre["task"] == "classification") | pre["task"].isna()])
-    for dataset, d in enc.groupby("dataset", sort=True):
-        images = res.images(str(dataset))
-        split = res.split(str(dataset), "classification", int(d["seed"].min()))
-        if images is None or split is None:
+    png = figure_path(out_dir, "tsne", dataset)
+    seed = int(rows["seed"].min())
+    images = res.images(dataset, png.name)
+    split = res.split(dataset, "classification", seed, png.name)
+    if images is None or split is None:
+        return None
+    test = split[split["subset"] == "test"].sort_values("row")
+    if len(test) > max_points:
+        test = test.sample(max_points, random_state=0).sort_values("row")
+    picks = test["row"].to_numpy(int)
+    embeddings = []
+    for _, row in rows.iterrows():
+        path = res.job_file(row, JOB_FILES["encoder"], png.name)
+        if path is None:
             continue
-        test = split[split["subset"] == "test"].sort_values("row")
-        if len(test) > max_points:
-            test = test.sample(max_points, random_state=0).sort_values("row")
-        rows = test["row"].to_numpy(int)
-        embeddings = []
-        for _, row in d.iterrows():
-            path = res.job_dir(row) / "encoder.pt"
-            if not path.exists():
-                continue
-            module, _, _ = load_encoder(str(path), torch.device("cpu"))
-            feats = extract_features(module, np.ascontiguousarray(images[rows]), torch.device("cpu"), batch_size=128)
-            embeddings.append((_label(row, ("method", "backbone")), feats))
-        written.append(plot_tsne(embeddings, test["label"].to_numpy(int), res.class_names(str(dataset)),
-                                 f"{dataset}: t-SNE of test-image features (seed {int(d['seed'].min())})",
-                                 figure_path(out_dir, "tsne", str(dataset))))
-    return written
+        module, _, _ = load_encoder(str(path), torch.device("cpu"))
+        feats = extract_features(module, np.ascontiguousarray(images[picks]), torch.device("cpu"), batch_size=128)
+        embeddings.append((_label(row, ("method", "backbone")), feats))
+    return plot_tsne(embeddings, test["label"].to_numpy(int), res.class_names(dataset, png.name),
+                     f"{dataset}: t-SNE of test-image features (seed {seed})", png)
 
 
-def make_figures(tables_dir: str | Path, out_dir: str | Path, root: str | Path = ".") -> list[Path]:
+def make_figures(tables_dir: str | Path, out_dir: str | Path, image_sizes: Mapping[str, int], root: str | Path = ".",
+                 declared: Iterable[str] | None = None) -> list[Path]:
     """Every figure the results allow, under ``out_dir``; returns the PNGs written.
 
-    ``tables_dir``: the aggregate tables (their ``path`` column leads to each job's files);
-    ``root``: the project root the table paths are relative to.
+    ``tables_dir``: the aggregate tables (their ``path`` column leads to each job's files, relative
+    to the project ``root``); ``image_sizes``: dataset -> the image size its probes, encoders and
+    scorers read (the cache the figures show); ``declared``: the files the figures rule declares
+    (the figures read no other; None: any file under ``root``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    res = _Results(Path(root), Path(tables_dir))
-    written: list[Path] = []
-    written += _safe("label-efficiency", lambda: plot_label_efficiency(res.tables["classification"], out_dir))
-    written += _safe("budget", lambda: plot_budget_curves(res.budget, res.tables["classification"], out_dir))
-    written += _safe("classification figures", lambda: _classification_figures(res, out_dir))
-    written += _safe("gradcam", lambda: _gradcam_all(res, out_dir))
-    written += _safe("anomaly figures", lambda: _anomaly_figures(res, out_dir))
-    written += _safe("tsne", lambda: _tsne_figures(res, out_dir))
-    log.info("figures: %d PNG(s) in %s", len(written), out_dir)
-    return written
+    res = _Results(Path(root), Path(tables_dir), image_sizes, declared)
+    written: list[Path | None] = []
+    written += plot_label_efficiency(res.tables["classification"], out_dir)
+    written += plot_budget_curves(res.budget, res.tables["classification"], out_dir)
+    for dataset, rows in _first_seed_per_dataset(res.tables["classification"]):
+        written += _confusion_and_failures(res, dataset, _largest_fraction(rows), out_dir)
+        written.append(_gradcam_figure(res, dataset, _largest_fraction(rows), out_dir))
+    for dataset, rows in _first_seed_per_dataset(res.tables["anomaly"]):
+        written += _anomaly_figures(res, dataset, rows, out_dir)
+    for dataset, rows in _first_seed_per_dataset(_encoder_rows(res.tables["pretraining"])):
+        written.append(_tsne_figure(res, dataset, rows, out_dir))
+    drawn = [p for p in written if p is not None]
+    log.info("figures: %d PNG(s) in %s", len(drawn), out_dir)
+    return drawn

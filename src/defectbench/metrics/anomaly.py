@@ -81,6 +81,25 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     return _trapezoid(ys, xs)
 
 
+def roc_pr_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The curves :func:`binary_auroc` and :func:`average_precision` integrate: ``(fpr, tpr)`` from
+    (0, 0), and ``(recall, precision)``, at every distinct score as threshold (an item is positive
+    when it scores >= it), highest first; ties are one point. A class absent from ``labels``
+    gives rates of 0, not NaN (for plotting).
+
+    >>> fpr, tpr, recall, precision = roc_pr_points(np.array([0, 1, 0, 1]), np.array([.1, .9, .5, .5]))
+    >>> fpr.tolist(), tpr.tolist(), precision.round(3).tolist()
+    ([0.0, 0.0, 0.5, 1.0], [0.0, 0.5, 1.0, 1.0], [1.0, 0.667, 0.5])
+    """
+    labels = np.asarray(labels).ravel().astype(bool)
+    scores = np.asarray(scores).ravel()
+    n_pos = max(int(labels.sum()), 1)
+    n_neg = max(labels.size - int(labels.sum()), 1)
+    _, (tp, fp) = _descending_groups(scores, labels.astype(np.float64), (~labels).astype(np.float64))
+    recall = tp / n_pos
+    return np.concatenate([[0.0], fp / n_neg]), np.concatenate([[0.0], recall]), recall, tp / (tp + fp)
+
+
 def binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """AUROC (ties count one half), ``None`` when only one class is present.
 
@@ -90,14 +109,9 @@ def binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     0.875
     """
     labels = np.asarray(labels).ravel().astype(bool)
-    scores = np.asarray(scores).ravel()
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if labels.all() or not labels.any():
         return None
-    _, (tp, fp) = _descending_groups(scores, labels.astype(np.float64), (~labels).astype(np.float64))
-    tpr = np.concatenate([[0.0], tp / n_pos])
-    fpr = np.concatenate([[0.0], fp / n_neg])
+    fpr, tpr, _, _ = roc_pr_points(labels, scores)
     return _trapezoid(tpr, fpr)
 
 
@@ -105,13 +119,9 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Step-wise average precision (sklearn's definition): sum over thresholds of
     (R_i - R_{i-1}) * P_i. ``None`` without positives."""
     labels = np.asarray(labels).ravel().astype(bool)
-    scores = np.asarray(scores).ravel()
-    n_pos = int(labels.sum())
-    if n_pos == 0:
+    if not labels.any():
         return None
-    _, (tp, fp) = _descending_groups(scores, labels.astype(np.float64), (~labels).astype(np.float64))
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
+    _, _, recall, precision = roc_pr_points(labels, scores)
     return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
 
 
