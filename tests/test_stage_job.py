@@ -47,6 +47,25 @@ def test_stage_job_without_a_seed_leaves_the_generators_alone():
     assert job.seed is None and job.amp == "none"
 
 
+def test_stage_job_applies_the_deterministic_key_to_every_torch_stage():
+    """`deterministic: true` reaches every torch job's params (and only then), and stage_job turns
+    torch's deterministic algorithms on for it and off for a slice without the key."""
+    from defectbench.config import validate_config
+    from defectbench.params import torch_job
+
+    config = validate_config({"datasets": {"d": {"source": {"kind": "directory", "path": "x"}, "layout": "imagefolder"}},
+                              "device": "cpu", "deterministic": True})
+    assert torch_job(config) == {"device": "cpu", "deterministic": True}
+    assert torch_job({**config, "deterministic": False}) == {"device": "cpu"}
+    try:
+        with stage_job(stage="anomaly", cfg=torch_job(config), keys={}, seed=None):
+            assert torch.are_deterministic_algorithms_enabled()
+        with stage_job(stage="anomaly", cfg={"device": "cpu"}, keys={}, seed=None):
+            assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_stage_job_refuses_a_missing_cuda_device():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible here")

@@ -79,15 +79,15 @@ DIFFUSION_TRAIN_KEYS = [
 
 
 def pretrain_diffusion(config, wc) -> Params:
-    return {"device": config["device"], "diffusion": _pick(config["diffusion"], DIFFUSION_TRAIN_KEYS)}
+    return {**torch_job(config), "diffusion": _pick(config["diffusion"], DIFFUSION_TRAIN_KEYS)}
 
 
 def diffusion_views(config, wc) -> Params:
-    return {"device": config["device"], "diffusion": _pick(config["diffusion"], ["views", "amp"])}
+    return {**torch_job(config), "diffusion": _pick(config["diffusion"], ["views", "amp"])}
 
 
 def ddad(config, wc) -> Params:
-    return {"device": config["device"], "protocol": config["protocol"], "ddad": _without(config["ddad"], "enabled"),
+    return {**torch_job(config), "protocol": config["protocol"], "ddad": _without(config["ddad"], "enabled"),
             "metrics": config["metrics"], "threshold_quantile": config["anomaly"]["threshold_quantile"]}
 
 
@@ -104,10 +104,11 @@ def method_params(config: Mapping[str, Any], method: str) -> dict[str, Any]:
     return config["contrastive"]["method_params"][method]
 
 
-def determinism(config) -> Params:
-    """``deterministic: true`` for a torch job's params; the default (false, torch's own default)
-    adds no key, so existing results keep their params and do not rerun."""
-    return {"deterministic": True} if config["deterministic"] else {}
+def torch_job(config) -> Params:
+    """What every torch job's params start with: the device and, only when set, ``deterministic:
+    true`` (the default, torch's own, adds no key, so existing results keep their params and do not
+    rerun). :func:`defectbench.runtime.stage_job` applies both."""
+    return {"device": config["device"], **({"deterministic": True} if config["deterministic"] else {})}
 
 
 def pretrain_contrastive(config, wc) -> Params:
@@ -117,11 +118,11 @@ def pretrain_contrastive(config, wc) -> Params:
     if "temperature" in registry.entry("contrastive_methods", method).reads:
         section["temperature"] = ccfg["temperature"]
     section["method_params"] = {method: method_params(config, method)}
-    return {"device": config["device"], "protocol": config["protocol"], **determinism(config), "contrastive": section}
+    return {**torch_job(config), "protocol": config["protocol"], "contrastive": section}
 
 
 def train_supervised(config, wc) -> Params:
-    return {"device": config["device"], "protocol": config["protocol"], "supervised": _without(config["supervised"], "enabled")}
+    return {**torch_job(config), "protocol": config["protocol"], "supervised": _without(config["supervised"], "enabled")}
 
 
 # Keys of the probe section each probe kind fits with (the rest are read by both kinds).
@@ -138,7 +139,7 @@ def linear_probe(config, wc) -> Params:
     pcfg = config["probe"]
     other_kinds = [key for kind, keys in PROBE_KIND_KEYS.items() if kind != pcfg["kind"] for key in keys]
     drop = PROBE_GRID_KEYS + other_kinds + ([] if wc["method"] == "pretrained" else ["pretrained"])
-    return {"device": config["device"], "protocol": config["protocol"], "probe": _without(pcfg, *drop)}
+    return {**torch_job(config), "protocol": config["protocol"], "probe": _without(pcfg, *drop)}
 
 
 def budget_pretrain(config, wc) -> Params:
@@ -157,7 +158,7 @@ def budget_probe(config, wc) -> Params:
 def anomaly_features(config, wc) -> Params:
     # `pretrained` initialises the backbone of the 'pretrained' control only
     keys = ["amp", "feature_batch_size"] + (["pretrained"] if wc["features"] == "pretrained" else [])
-    return {"device": config["device"], "anomaly": _pick(config["anomaly"], keys)}
+    return {**torch_job(config), "anomaly": _pick(config["anomaly"], keys)}
 
 
 def _scorers(config, wc) -> list[str]:
@@ -177,7 +178,7 @@ def score_anomaly(config, wc) -> Params:
 
 
 def patchcore(config, wc) -> Params:
-    return {"device": config["device"], "protocol": config["protocol"], "patchcore": _without(config["patchcore"], "enabled"),
+    return {**torch_job(config), "protocol": config["protocol"], "patchcore": _without(config["patchcore"], "enabled"),
             "metrics": config["metrics"], "threshold_quantile": config["anomaly"]["threshold_quantile"]}
 
 
@@ -192,9 +193,9 @@ def cluster(config, wc) -> Params:
     cap = ["max_per_class"] if ccfg["max_per_class"] is not None else []
     if wc["features"] == "oracle":  # the positive control embeds labels, not images: no backbone keys
         keys = ["include_normal", *cap, *sorted(weight_keys & set(ccfg))]
-        return {"device": config["device"], "protocol": config["protocol"], "clustering": _pick(ccfg, keys)}
+        return {**torch_job(config), "protocol": config["protocol"], "clustering": _pick(ccfg, keys)}
     keys = ["include_normal", *cap, "layernorm", "pretrain_dim", "target_dim", *sorted(weight_keys & set(ccfg))]
-    return {"device": config["device"], "protocol": config["protocol"], "clustering": _pick(ccfg, keys),
+    return {**torch_job(config), "protocol": config["protocol"], "clustering": _pick(ccfg, keys),
             "patchcore": _pick(config["patchcore"], CLUSTERING_PATCHCORE_KEYS)}
 
 

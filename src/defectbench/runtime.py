@@ -391,7 +391,8 @@ def stage_job(*, stage: str, cfg: dict[str, Any], keys: dict[str, Any], seed: in
     In order, all inside the job's wall time: cap torch's CPU threads at ``threads`` (the rule's
     ``threads``; None leaves torch's default), pick the device of ``cfg["device"]``
     (:func:`pick_device`; a slice without ``device``, a numpy-only stage such as score_anomaly,
-    leaves ``job.device`` None and never imports torch), resolve the configured ``amp`` to what runs there
+    leaves ``job.device`` None and never imports torch), set torch's deterministic algorithms to the
+    slice's ``deterministic`` (:func:`set_deterministic`; absent = off, torch's default), resolve the configured ``amp`` to what runs there
     (:func:`effective_amp`), seed python/numpy/torch with ``seed`` (:func:`seed_everything`; None
     seeds nothing). One log line when the job starts and one when it finishes (with its wall
     time). ``keys`` identify the job in its table (dataset, method, seed, ...);
@@ -410,6 +411,8 @@ def stage_job(*, stage: str, cfg: dict[str, Any], keys: dict[str, Any], seed: in
 
             torch.set_num_threads(int(threads))
         device = pick_device(cfg["device"]) if "device" in cfg else None
+        if device is not None:
+            set_deterministic(bool(cfg.get("deterministic")))
         mode = effective_amp(device, amp) if device is not None else "none"
         if seed is not None:
             seed_everything(seed)

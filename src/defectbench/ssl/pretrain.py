@@ -34,7 +34,7 @@ from defectbench.data.cache import read_split_images
 from defectbench.models.backbones import build_backbone
 from defectbench.models.encoders import save_encoder
 from defectbench.models.projector import ContrastiveModel
-from defectbench.runtime import DefectbenchError, set_deterministic, stage_job, write_parquet
+from defectbench.runtime import DefectbenchError, stage_job, write_parquet
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params, weaker
 from defectbench.train import checkpointed, compiled, epoch_generator, fused_adam, train_loop
 
@@ -216,7 +216,6 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
     plan = _plan(method, ccfg, views_path)
     keys = {"dataset": dataset, "method": plan.label, "backbone": backbone, "seed": seed, "task": task}
     with stage_job(stage="pretraining", cfg=cfg, keys=keys, seed=seed, threads=threads, amp=ccfg["amp"]) as job:
-        set_deterministic(cfg.get("deterministic", False))  # params carry the key only when true
         train = read_split_images(split_path, cache_path, "train", min_rows=1)
         n = len(train)
         if n < 2:
