@@ -50,17 +50,21 @@ def test_kcenter_matches_brute_force(num, dim, n, block, pool, max_elements):
     assert picks.tolist() == brute_force_kcenter(points, n, starts)
 
 
-def test_kcenter_picks_on_one_thread_and_updates_on_all(monkeypatch):
-    # Per-pick ops (addmv over the pool) on one thread, the batched update GEMMs (addmm) on every
-    # thread the caller set, the caller's count restored afterwards; the picks stay exact.
+def test_kcenter_picks_on_one_thread_and_updates_on_single_threaded_workers(monkeypatch):
+    # Per-pick ops (addmv over the pool) on the caller's thread with one torch thread; the batched
+    # update GEMMs (addmm) in as many worker threads as the caller's torch threads, each GEMM on one
+    # torch thread (chunks taken as workers become free: no static split to wait on); the caller's
+    # count restored afterwards; the picks stay exact.
+    import threading
+
     import defectbench.anomaly.coreset as pc
 
-    seen: dict[str, set[int]] = {"addmv": set(), "addmm": set()}
+    seen: dict[str, set[tuple[int, str]]] = {"addmv": set(), "addmm": set()}
     for name in seen:
         real = getattr(torch, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
-            seen[_name].add(torch.get_num_threads())
+            seen[_name].add((torch.get_num_threads(), threading.current_thread().name.split("_")[0]))
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(pc.torch, name, spy)
@@ -74,7 +78,7 @@ def test_kcenter_picks_on_one_thread_and_updates_on_all(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    assert seen == {"addmv": {1}, "addmm": {2}}
+    assert seen == {"addmv": {(1, "MainThread")}, "addmm": {(1, "coreset")}}
     assert picks.tolist() == brute_force_kcenter(points, 150, starts)
 
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import torch
@@ -73,7 +74,11 @@ def kcenter_greedy(
     Threads: the per-pick work (a ``pool`` x d matrix-vector product, an argmax) is microseconds,
     too small to split; run with several threads, every pick waits for the slowest thread, and on
     a shared node a descheduled thread makes that wait a time slice (measured: 126 s instead of
-    2.3 s beside one busy process). So picks run on one thread and only the update GEMMs use all.
+    2.3 s beside one busy process). So picks run on one thread. The update GEMMs use as many
+    workers as the caller's torch threads, but not by splitting each GEMM statically over the
+    threads (a static split waits for the thread that shares its core with another process): the
+    rows are cut into many chunks that single-threaded workers take as they become free, so a
+    worker on a busy core simply does fewer chunks (benchmarks/coreset_contention.py).
     """
     num = points.shape[0]
     n = int(n)
@@ -83,34 +88,38 @@ def kcenter_greedy(
     x_sq = x.pow(2).sum(1)
     min_d = torch.cdist(x, x[starts]).mean(1)
     pool = min(pool, num)
-    chunk = max(1, max_elements // block)  # rows per distance update: at most max_elements distances
+    threads = torch.get_num_threads()
+    # rows per distance update: at most max_elements distances, and enough chunks for the workers
+    # to balance (8 per worker)
+    chunk = max(1, min(max_elements // block, math.ceil(num / (8 * threads))))
     picks = torch.empty(n, dtype=torch.long)
     pending: list[int] = []
-    threads = torch.get_num_threads()
 
-    @torch_threads(threads)
-    def refresh() -> tuple[torch.Tensor, torch.Tensor, float]:
+    def update_rows(s: int, c: torch.Tensor, c_sq: torch.Tensor) -> None:
+        torch.set_num_threads(1)  # per worker thread: this chunk's GEMM on this worker alone
+        d = _squared_distances(x[s:s + chunk], x_sq[s:s + chunk], c, c_sq).amin(1).sqrt_()
+        torch.minimum(min_d[s:s + chunk], d, out=min_d[s:s + chunk])
+
+    def refresh(workers: ThreadPoolExecutor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Apply pending centers to every stored m; return the new pool (indices, values, outside bound)."""
         if pending:
             p = torch.tensor(pending)
             c, c_sq = x[p], x_sq[p]
-            for s in range(0, num, chunk):  # row chunks bound the (rows, block) distance matrix
-                d = _squared_distances(x[s:s + chunk], x_sq[s:s + chunk], c, c_sq).amin(1).sqrt_()
-                torch.minimum(min_d[s:s + chunk], d, out=min_d[s:s + chunk])
+            list(workers.map(lambda s: update_rows(s, c, c_sq), range(0, num, chunk)))
             pending.clear()
         if pool == num:
             return torch.arange(num), min_d.clone(), float("-inf")
         vals, idx = min_d.topk(pool + 1)
         return idx[:pool], vals[:pool].clone(), float(vals[pool])
 
-    pool_idx, pool_val, outside = refresh()
-    pool_x, pool_sq = x[pool_idx], x_sq[pool_idx]
     t0 = time.perf_counter()
-    with torch_threads(1):
+    with torch_threads(1), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="coreset") as workers:
+        pool_idx, pool_val, outside = refresh(workers)
+        pool_x, pool_sq = x[pool_idx], x_sq[pool_idx]
         for i in range(n):
             j = int(torch.argmax(pool_val))
             if len(pending) >= block or float(pool_val[j]) < outside:
-                pool_idx, pool_val, outside = refresh()
+                pool_idx, pool_val, outside = refresh(workers)
                 pool_x, pool_sq = x[pool_idx], x_sq[pool_idx]
                 j = int(torch.argmax(pool_val))
             c = int(pool_idx[j])
