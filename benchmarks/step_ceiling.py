@@ -52,6 +52,13 @@ PRECISIONS = {
 VARIANTS = {"eager-adam": (False, False), "eager-fused": (True, False), "compiled-fused": (True, True)}
 
 
+
+def _relative(value: object) -> str:
+    """An argument as recorded: a path inside the checkout relative to it (no machine path)."""
+    if isinstance(value, Path) and value.resolve().is_relative_to(ROOT.parent):
+        return str(value.resolve().relative_to(ROOT.parent))
+    return str(value)
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=128, help="NEU images the fixed batch is drawn from")
@@ -114,7 +121,7 @@ def main() -> None:
             "first_step_s": compile_s[(prec, variant, side)],
         })
     record = {
-        "args": {k: str(v) for k, v in vars(args).items()}, "gflop_per_image": gflop_per_image,
+        "args": {k: _relative(v) for k, v in vars(args).items()}, "gflop_per_image": gflop_per_image,
         "gemm_ceiling_gflops": ceiling, "gemm_ceiling_runs": ceilings, "load_average_1min": loads, "rows": rows,
         "versions": {"torch": torch.__version__, "lightly": lightly.__version__, "python": platform.python_version()},
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),

@@ -48,6 +48,15 @@ def test_worst_failures_per_class():
     assert out[1] == {"fn": [13], "fp": [11, 10]}
 
 
+def test_worst_failures_of_a_class_without_failures_are_empty():
+    # class 2 is never predicted and never true: no failures (an empty selection must stay empty,
+    # not pick up every row with a missing row id)
+    pred = pd.DataFrame({"row": [4, 7], "y_true": [0, 1], "y_pred": [1, 1],
+                         "proba_0": [0.3, 0.2], "proba_1": [0.6, 0.7], "proba_2": [0.1, 0.1]})
+    out = figures.worst_failures(pred, n=3)
+    assert out == {0: {"fn": [4], "fp": []}, 1: {"fn": [], "fp": [4]}, 2: {"fn": [], "fp": []}}
+
+
 def test_worst_anomaly_failures_respects_threshold():
     scores = pd.DataFrame({"row": [1, 2, 3, 4, 5, 6], "subset": ["test"] * 5 + ["holdout"],
                            "label": [0, 0, 1, 1, 0, 0], "score": [0.9, 0.2, 0.3, 0.8, 0.6, 5.0]})

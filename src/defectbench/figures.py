@@ -82,9 +82,9 @@ def worst_failures(pred: pd.DataFrame, n: int = 3) -> dict[int, dict[str, list[i
     out: dict[int, dict[str, list[int]]] = {}
     classes = sorted(int(c[len("proba_"):]) for c in pred.columns if c.startswith("proba_"))
     for k in classes:
-        p = pred[f"proba_{k}"]
-        fn = pred[(pred["y_true"] == k) & (pred["y_pred"] != k)].assign(_p=p).sort_values(["_p", "row"])
-        fp = pred[(pred["y_pred"] == k) & (pred["y_true"] != k)].assign(_p=p).sort_values(["_p", "row"], ascending=[False, True])
+        p = f"proba_{k}"
+        fn = pred[(pred["y_true"] == k) & (pred["y_pred"] != k)].sort_values([p, "row"])
+        fp = pred[(pred["y_pred"] == k) & (pred["y_true"] != k)].sort_values([p, "row"], ascending=[False, True])
         out[k] = {"fn": fn["row"].astype(int).tolist()[:n], "fp": fp["row"].astype(int).tolist()[:n]}
     return out
 
