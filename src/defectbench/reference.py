@@ -108,6 +108,41 @@ def label_efficiency_section(tables_dir: Path) -> str:
     return markdown_table(header, rows)
 
 
+def budget_section(tables_dir: Path) -> str | None:
+    """The budget curve as numbers (its figure is ``budget--<dataset>.png``): the curve's method at
+    each budget point, the same method in the main grid, and the dataset's random-init control and
+    supervised baseline, all probed on 100% of the labels; ``None`` when the run has no curve."""
+    df = _read(tables_dir, "classification")
+    if "budget_epochs" not in df.columns or df["budget_epochs"].isna().all():
+        return None
+    full = df[df["labels_pct"] == 100]
+    points, main = full[full["budget_epochs"].notna()], _without_budget_points(full)
+    header = ["dataset", "what ran", "optimiser steps (pretraining / supervised)", "accuracy", "macro F1", "seeds"]
+    rows = []
+
+    def row(dataset: str, label: str, g: pd.DataFrame, steps_col: str) -> list:
+        steps = seed_stats(g[steps_col])[0] if steps_col in g else math.nan
+        return [dataset, label, "—" if math.isnan(steps) else f"{steps:.0f}",
+                format_stat(*seed_stats(g["accuracy"])[:2], digits=3),
+                format_stat(*seed_stats(g["macro_f1"])[:2], digits=3), str(g["seed"].nunique())]
+
+    for (dataset, method), curve in points.groupby(["dataset", "method"], sort=True):
+        at = main[main["dataset"] == dataset]
+        ranked = [(seed_stats(g["pretrain_steps"])[0],
+                   row(dataset, f"{method}, {int(e)} epochs at {int(px)} px (budget point)", g, "pretrain_steps"))
+                  for (e, px), g in curve.groupby(["budget_epochs", "image_size"], sort=True)]
+        grid = at[at["method"] == method]
+        if len(grid):
+            ranked.append((seed_stats(grid["pretrain_steps"])[0], row(dataset, f"{method}, main grid", grid, "pretrain_steps")))
+        rows += [r for _, r in sorted(ranked, key=lambda t: t[0])]
+        for control, label, steps_col in (("random", "random-init control", "pretrain_steps"),
+                                          ("supervised", "supervised baseline", "train_steps")):
+            g = at[at["method"] == control]
+            if len(g):
+                rows.append(row(dataset, label, g, steps_col))
+    return markdown_table(header, rows)
+
+
 def supervised_vs_simclr_section(tables_dir: Path) -> str:
     """Seed 002's two headline rows (MVTec, binary) beside our NEU and PCB rows (multi-class)."""
     comp = _read(tables_dir, "comparison_supervised_vs_simclr")
@@ -183,25 +218,32 @@ def clustering_section(tables_dir: Path) -> str:
     is_control = clustering["features"].astype("string").isin(CLUSTERING_CONTROLS).fillna(False).astype(bool)
     ours, controls = clustering[~is_control], clustering[is_control]
     comparison, dataset_re, method_fmt = CLUSTERING_PAPER
-    comp = _read(tables_dir, f"comparison_{comparison}")
+    # the re-implementation's numbers are there when a dataset of the run declares an MVTec paper_dataset
+    comp = (_read(tables_dir, f"comparison_{comparison}")
+            if (tables_dir / f"comparison_{comparison}.parquet").is_file() else None)
     datasets = [d for d in ANOMALY_DATASETS if d in set(ours["dataset"])]
-    header = ["weighting", "metric", "paper (MVTec texture, WRN50)"] + [f"ours {d} (Δ)" for d in datasets]
+    header = (["weighting", "metric"] + (["paper (MVTec texture, WRN50)"] if comp is not None else [])
+              + [f"ours {d} (Δ)" if comp is not None else f"ours {d}" for d in datasets])
     rows = []
     for w in WEIGHTINGS:
-        pub = comp[(comp["method_published"] == method_fmt.format(w)) & comp["dataset_published"].str.match(dataset_re)]
         for metric in ("nmi", "ari", "f1"):
+            label = [w, metric.upper() if metric != "f1" else "F1"]
+            cells = [format_stat(*seed_stats(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])[:2], digits=3)
+                     for d in datasets]
+            if comp is None:
+                rows.append(label + cells)
+                continue
+            pub = comp[(comp["method_published"] == method_fmt.format(w)) & comp["dataset_published"].str.match(dataset_re)]
             p = pub[pub["metric"] == metric]["published"]
             paper = float(p.mean()) if len(p) else math.nan
-            cells = []
-            for d in datasets:
-                mean, std, _ = seed_stats(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])
-                cells.append(f"{format_stat(mean, std, digits=3)} ({_delta(mean, paper)})")
-            rows.append([w, metric.upper() if metric != "f1" else "F1", format_stat(paper, digits=3), *cells])
+            means = [seed_stats(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])[0] for d in datasets]
+            rows.append(label + [format_stat(paper, digits=3)]
+                        + [f"{c} ({_delta(m, paper)})" for c, m in zip(cells, means)])
     for (features, w), g in controls.groupby(["features", "weighting"], sort=True):
         for metric in ("nmi", "ari", "f1"):
             cells = [format_stat(*seed_stats(g[g["dataset"] == d][metric])[:2], digits=3) for d in datasets]
             rows.append([f"{w}, {features} features (positive control)", metric.upper() if metric != "f1" else "F1",
-                         "—", *cells])
+                         *(["—"] if comp is not None else []), *cells])
     return markdown_table(header, rows)
 
 
@@ -242,16 +284,19 @@ def render_sections(tables_dir: str | Path) -> dict[str, str]:
             " Claims whose Δ is within that spread: " + "; ".join(
                 f"{r['claim']} on {r['dataset']} (Δ {r['diff_mean']:+.4f})" for _, r in sensitive.iterrows())
             + "." if len(sensitive) else "")
-    return {
-        **claims,
-        "diffcl-neu": diffcl_section(t, "diffcl_neu"),
-        "diffcl-pcb": diffcl_section(t, "diffcl_pcb"),
-        "label-efficiency": label_efficiency_section(t),
-        "supervised-vs-simclr": supervised_vs_simclr_section(t),
-        "anomaly": anomaly_section(t),
-        "anomaly-papers": anomaly_papers_section(t),
-        "clustering": clustering_section(t),
-    }
+    builders = [  # (section, its builder, the comparison table it needs: absent when no dataset of the run has one)
+        ("diffcl-neu", lambda: diffcl_section(t, "diffcl_neu"), "diffcl_neu"),
+        ("diffcl-pcb", lambda: diffcl_section(t, "diffcl_pcb"), "diffcl_pcb"),
+        ("label-efficiency", lambda: label_efficiency_section(t), None),
+        ("budget", lambda: budget_section(t), None),
+        ("supervised-vs-simclr", lambda: supervised_vs_simclr_section(t), "supervised_vs_simclr"),
+        ("anomaly", lambda: anomaly_section(t), None),
+        ("anomaly-papers", lambda: anomaly_papers_section(t), "patchcore_mvtec"),
+        ("clustering", lambda: clustering_section(t), None),
+    ]
+    built = {name: build() for name, build, needs in builders
+             if needs is None or (t / f"comparison_{needs}.parquet").is_file()}
+    return {**claims, **{name: body for name, body in built.items() if body is not None}}
 
 
 _SECTION = re.compile(r"<!-- generated:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /generated:(?P=name) -->", re.S)

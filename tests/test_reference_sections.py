@@ -1,0 +1,65 @@
+"""Sections of the reference README that depend on what a run holds: the budget curve's table, and
+the paper sections of datasets the run left out (no comparison table: no section)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from defectbench import reference
+
+
+def _classification(tmp_path):
+    rows = []
+    for seed, (acc_5, acc_60, acc_main, acc_random, acc_sup) in enumerate(
+            [(.50, .70, .60, .40, .90), (.52, .74, .62, .44, .92), (.54, .72, .64, .42, .94)]):
+        common = {"dataset": "neu", "labels_pct": 100.0, "seed": seed, "macro_f1": 0.5}
+        rows += [
+            {**common, "method": "simclr", "budget_epochs": 5.0, "image_size": 64.0, "pretrain_steps": 35.0, "accuracy": acc_5},
+            {**common, "method": "simclr", "budget_epochs": 60.0, "image_size": 64.0, "pretrain_steps": 420.0, "accuracy": acc_60},
+            {**common, "method": "simclr", "pretrain_steps": 210.0, "accuracy": acc_main},
+            {**common, "method": "random", "pretrain_steps": 0.0, "accuracy": acc_random},
+            {**common, "method": "supervised", "train_steps": 140.0, "accuracy": acc_sup},
+            {**common, "method": "simclr", "labels_pct": 10.0, "pretrain_steps": 210.0, "accuracy": 0.1},  # not on the curve
+        ]
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    pd.DataFrame(rows).to_parquet(tables_dir / "classification.parquet")
+    return tables_dir
+
+
+def test_budget_section_orders_points_by_steps_and_adds_controls(tmp_path):
+    body = reference.budget_section(_classification(tmp_path))
+    lines = body.splitlines()[2:]
+    assert [line.split(" | ")[1] for line in lines] == [
+        "simclr, 5 epochs at 64 px (budget point)", "simclr, main grid", "simclr, 60 epochs at 64 px (budget point)",
+        "random-init control", "supervised baseline"]
+    # steps, then mean ± std over the three seeds of the 100%-label rows only
+    assert lines[0].split(" | ")[2:5] == ["35", "0.520 ± 0.020", "0.500 ± 0.000"]
+    assert lines[2].split(" | ")[2:4] == ["420", "0.720 ± 0.020"]
+    assert lines[4].split(" | ")[2:4] == ["140", "0.920 ± 0.020"]
+    assert all(line.endswith("| 3 |") for line in lines)
+
+
+def test_no_budget_rows_no_budget_section(tmp_path):
+    tables_dir = _classification(tmp_path)
+    df = pd.read_parquet(tables_dir / "classification.parquet")
+    df.drop(columns=["budget_epochs"]).to_parquet(tables_dir / "classification.parquet")
+    assert reference.budget_section(tables_dir) is None
+
+
+def test_paper_sections_need_their_comparison_tables(tmp_path):
+    tables_dir = _classification(tmp_path)
+    clustering = pd.DataFrame({"dataset": "magnetic_tile", "weighting": ["unsupervised"] * 3, "features": "patchcore",
+                               "seed": [0, 1, 2], "nmi": [.1, .2, .3], "ari": .1, "f1": .4})
+    clustering.to_parquet(tables_dir / "clustering.parquet")
+    pd.DataFrame({"dataset": "magnetic_tile", "scorer": "knn", "features": "simclr", "backbone": "resnet18",
+                  "seed": [0, 1, 2], "image_auroc": .6}).to_parquet(tables_dir / "anomaly.parquet")
+    sections = reference.render_sections(tables_dir)
+    # no comparison_* table: no DiffCL, seed-002 or MVTec section; our own tables still render
+    assert set(sections) == {"label-efficiency", "budget", "anomaly", "clustering"}
+    header = sections["clustering"].splitlines()[0]
+    assert header == "| weighting | metric | ours magnetic_tile |"
+    assert "| unsupervised | NMI | 0.200 ± 0.100 |" in sections["clustering"]
+    with pytest.raises(Exception, match="comparison_diffcl_neu.parquet: table missing"):
+        reference.diffcl_section(tables_dir, "diffcl_neu")
