@@ -78,7 +78,8 @@ def kcenter_greedy(
     workers as the caller's torch threads, but not by splitting each GEMM statically over the
     threads (a static split waits for the thread that shares its core with another process): the
     rows are cut into many chunks that single-threaded workers take as they become free, so a
-    worker on a busy core simply does fewer chunks (benchmarks/coreset_contention.py).
+    worker on a busy core simply does fewer chunks (benchmarks/coreset_contention.py). On a GPU one
+    worker issues the chunks.
     """
     num = points.shape[0]
     n = int(n)
@@ -88,7 +89,8 @@ def kcenter_greedy(
     x_sq = x.pow(2).sum(1)
     min_d = torch.cdist(x, x[starts]).mean(1)
     pool = min(pool, num)
-    threads = torch.get_num_threads()
+    # on a GPU the chunks are kernel launches in order: one worker (CPU threads would only contend)
+    threads = 1 if x.is_cuda else torch.get_num_threads()
     # rows per distance update: at most max_elements distances, and enough chunks for the workers
     # to balance (8 per worker)
     chunk = max(1, min(max_elements // block, math.ceil(num / (8 * threads))))
