@@ -3,10 +3,16 @@ the paper sections of datasets the run left out (no comparison table: no section
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from defectbench import reference
+from defectbench.claims import evaluate_claims, load_claims
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _classification(tmp_path):
@@ -63,3 +69,23 @@ def test_paper_sections_need_their_comparison_tables(tmp_path):
     assert "| unsupervised | NMI | 0.200 ± 0.100 |" in sections["clustering"]
     with pytest.raises(Exception, match="comparison_diffcl_neu.parquet: table missing"):
         reference.diffcl_section(tables_dir, "diffcl_neu")
+
+
+def test_best_label_free_encoder_vs_its_random_control_is_computed_from_the_claims(tmp_path):
+    claims = [c for c in load_claims(ROOT / "config" / "published" / "claims.yaml")
+              if c["paper"] == reference.CONTROL_PAPER]
+    assert {c["method"]["method"] for c in claims} == {"simclr", "dcl", "hcl", "adnce", "decoupled", "gca", "diffcl"}
+    acc = {"random": [.70, .72, .71], "simclr": [.74, .77, .75], "dcl": [.71, .70, .73], "supcon": [.95, .96, .97]}
+    rows = [{"dataset": "neu", "protocol": "clean", "labels_pct": 100.0, "method": m, "seed": s, "accuracy": a}
+            for m, accs in acc.items() for s, a in enumerate(accs)]
+    table = evaluate_claims(claims, {"classification": pd.DataFrame(rows)})
+    line = reference.best_vs_control_section(table)
+    # supcon uses labels: not among the compared; simclr's mean 0.7533 beats dcl's; paired d = .04, .05, .04
+    assert line == ("* **neu**: the best label-free encoder by mean accuracy (2 compared), simclr (0.753 over 3 seeds), "
+                    "beats random-init features (0.710) at this budget: Δ +0.043, one-sided 95% lower bound +0.034 "
+                    "(**holds**).")
+    # with the control above every encoder the answer is a plain no
+    rows = [r | {"accuracy": r["accuracy"] + .1} if r["method"] == "random" else r for r in rows]
+    line = reference.best_vs_control_section(evaluate_claims(claims, {"classification": pd.DataFrame(rows)}))
+    assert "simclr (0.753 over 3 seeds), does **not** beat random-init features (0.810)" in line
+    assert line.endswith("(**does not hold**).")
