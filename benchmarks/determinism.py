@@ -1,7 +1,7 @@
 """Determinism (issue 16 item 6): one NEU SimCLR job + its converged probe under different thread
 counts, instruction sets and ``deterministic`` settings; the spread of final loss and probe accuracy.
 
-    python benchmarks/determinism.py                 # config/reference-next.yaml's SimCLR settings
+    python benchmarks/determinism.py                 # config/reference.yaml's SimCLR settings
     python benchmarks/determinism.py --epochs 10     # a smaller budget (recorded in the output)
 
 Writes benchmarks/results/determinism.{md,json}. Data: the NEU entry of the config, built by the
@@ -176,7 +176,7 @@ def markdown(record: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=ROOT / "config" / "reference-next.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "config" / "reference.yaml")
     ap.add_argument("--epochs", type=int, default=None, help="override contrastive.epochs (default: the config's)")
     ap.add_argument("--variants", default=None, help="comma-separated indices into VARIANTS (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "determinism")

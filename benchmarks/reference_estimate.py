@@ -2,7 +2,7 @@
 scaled to each job of the target config, times the jobs `snakemake -n` plans.
 
     python benchmarks/reference_estimate.py --timing-dir DIR --timing-config DIR/timing.yaml \\
-        --config config/reference-next.yaml      # writes benchmarks/results/reference_estimate.md
+        --config config/reference.yaml      # writes benchmarks/results/reference_estimate.md
 
 Inputs: the Snakemake benchmark files (``logs/benchmarks/<rule>/...tsv``, column ``cpu_time``:
 user + system seconds of the job's processes) of a timing run in ``--timing-dir``, made with
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--timing-dir", type=Path, action="append", required=True,
                     help="working directory of a timing run (repeatable: a later one's files win)")
     ap.add_argument("--timing-config", type=Path, required=True)
-    ap.add_argument("--config", type=Path, default=ROOT / "config" / "reference-next.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "config" / "reference.yaml")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--note", default="", help="a sentence on how the timing runs were made (machine, load, switches)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "reference_estimate.md")

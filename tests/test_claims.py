@@ -13,7 +13,7 @@ import yaml
 
 from defectbench import claims as claims_mod
 from defectbench import tables
-from defectbench.claims import evaluate_claims, load_claims, paired_bounds, write_claims
+from defectbench.claims import evaluate_claim, evaluate_claims, load_claims, paired_bounds, write_claims
 from defectbench.runtime import DefectbenchError, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,3 +344,20 @@ def test_reference_clustering_section_shows_the_oracle_control_apart(tmp_path):
     added = after[len(before):].strip().splitlines()
     assert len(added) == 3 * len(set(clustering["weighting"]))
     assert all("oracle features (positive control)" in line and "1.000 ± 0.000" in line for line in added)
+
+
+def test_positive_control_rows_are_no_side_of_a_claim():
+    """The clustering oracle (NMI 1 by construction) must not lift the weighting it ran with."""
+    rows = [{"dataset": "mt", "protocol": "clean", "seed": s, "weighting": w, "features": f, "nmi": v}
+            for s in range(3) for w, f, v in (("supervised", "lite0", .30 + .01 * s), ("average", "lite0", .32),
+                                              ("supervised", "oracle", 1.0), ("average", "oracle", 1.0))]
+    claim = {"id": "c", "paper": "p", "claim": "sup > avg", "table": "clustering", "datasets": ["mt"],
+             "metric": "nmi", "direction": "higher", "method": {"weighting": "supervised"},
+             "baseline": {"weighting": "average"}}
+    row = evaluate_claim(claim, "mt", pd.DataFrame(rows))
+    assert row["method_mean"] == pytest.approx(0.31) and row["baseline_mean"] == pytest.approx(0.32)
+    assert row["verdict"] == "does not hold"
+    # a claim about the control itself still sees it
+    on_oracle = evaluate_claim({**claim, "method": {"weighting": "supervised", "features": "oracle"}}, "mt",
+                               pd.DataFrame(rows))
+    assert on_oracle["method_mean"] == 1.0

@@ -57,8 +57,7 @@ def test_invalid_nested_dataset_value():
 
 
 def test_shipped_configs_validate():
-    for name in ("config/config.yaml", "config/paper.yaml", "config/shared-data.yaml", "config/reference.yaml",
-                 "config/reference-next.yaml"):
+    for name in ("config/config.yaml", "config/paper.yaml", "config/shared-data.yaml", "config/reference.yaml"):
         path = SCHEMA_PATH.parent.parent / name
         if path.exists():
             load_config(path)
