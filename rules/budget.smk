@@ -1,17 +1,16 @@
-# Budget curve: one contrastive method (budget.method) on one classification dataset
+# Budget curve: contrastive methods (budget.methods) on one classification dataset
 # (budget.dataset) over budget.epochs x budget.image_sizes, from this one config section. Every
-# point pretrains the method at that budget (budget_pretrain) and probes it with the converged
-# probe on all train labels (budget_probe); its metrics.json is a classification-table row with
-# keys budget_epochs and image_size, and the figure budget--<dataset>.png plots it against the
-# pretraining optimiser steps. Library: defectbench.ssl.pretrain, defectbench.probe.
+# point pretrains a method at that budget (budget_pretrain; DiffCL with the main grid's diffusion
+# views of the same seed) and probes it with the converged probe on all train labels
+# (budget_probe); its metrics.json is a classification-table row with keys budget_epochs and
+# image_size, and the figure budget--<dataset>.png plots it against the pretraining optimiser steps. Library: defectbench.ssl.pretrain, defectbench.probe.
 
 include: "budget_helpers.smk"
 
 
 rule budget_pretrain:
     input:
-        cache=paths.cache(),
-        split=paths.split(task="classification"),
+        unpack(budget_pretrain_inputs),
     output:
         encoder=paths.job("budget", "encoder.pt"),
         history=paths.job("budget", "history.parquet"),

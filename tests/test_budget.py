@@ -1,4 +1,4 @@
-"""Budget curve: one config section -> a grid of pretraining budgets, each probed, as table rows and a figure."""
+"""Budget curve: one config section -> a grid of methods x pretraining budgets, each probed, as table rows and a figure."""
 
 from __future__ import annotations
 
@@ -32,24 +32,32 @@ TINY = {
     "anomaly": {"features": []},
     "patchcore": {"enabled": False},
     "ddad": {"enabled": False},
-    "budget": {"method": "simclr", "dataset": "elpv", "epochs": [1, 2], "image_sizes": [16, 24]},
+    "budget": {"methods": ["simclr"], "dataset": "elpv", "epochs": [1, 2], "image_sizes": [16, 24]},
 }
 
 
 def test_budget_config_is_checked():
     cfg = validate_config(copy.deepcopy(TINY), SCHEMA)
     assert cfg["budget"]["epochs"] == [1, 2]
-    for patch, message in [
-        ({"method": "diffcl"}, "reads diffusion views"),
-        ({"method": "byol"}, "not a contrastive method"),
-        ({"dataset": "mvtec"}, "'mvtec' is not a dataset with the classification task"),
+    no_diffusion = {"diffusion": {"enabled": False}}
+    with_diffusion = {"diffusion": {"enabled": True}}
+    for patch, top, message in [
+        ({"methods": ["diffcl"]}, no_diffusion, r"methods: 'diffcl' reads diffusion views; set diffusion\.enabled: true"),
+        ({"methods": ["simclr", "diffcl"]}, with_diffusion,
+         r"image_sizes: 'diffcl' reads the diffusion views made at datasets\.elpv\.image_size \(16 px\), not \[24\]"),
+        ({"methods": ["byol"]}, {}, "methods: 'byol' is not a contrastive method"),
+        ({"dataset": "mvtec"}, {}, "dataset: 'mvtec' is not a dataset with the classification task"),
     ]:
-        bad = copy.deepcopy(TINY)
+        bad = {**copy.deepcopy(TINY), **top}
         bad["budget"].update(patch)
-        with pytest.raises(DefectbenchError, match=rf"^config key budget\.(method|dataset): .*{message}"):
+        with pytest.raises(DefectbenchError, match=rf"^config key budget\.{message}"):
             validate_config(bad, SCHEMA)
+    # DiffCL at the dataset's own size, with diffusion on: accepted
+    ok = {**copy.deepcopy(TINY), **with_diffusion}
+    ok["budget"].update({"methods": ["simclr", "diffcl"], "image_sizes": [16]})
+    assert validate_config(ok, SCHEMA)["budget"]["methods"] == ["simclr", "diffcl"]
     with pytest.raises(DefectbenchError, match="budget"):
-        validate_config({**copy.deepcopy(TINY), "budget": {"method": "simclr", "dataset": "elpv", "epoch": [1]}}, SCHEMA)
+        validate_config({**copy.deepcopy(TINY), "budget": {"methods": ["simclr"], "dataset": "elpv", "epoch": [1]}}, SCHEMA)
 
 
 def test_budget_points_and_figure_by_hand(tmp_path):
@@ -62,11 +70,13 @@ def test_budget_points_and_figure_by_hand(tmp_path):
     assert pts[["budget_epochs", "pretrain_steps", "mean", "n"]].values.tolist() == [[5, 50.0, 0.55, 2.0],
                                                                                       [10, 100.0, 0.75, 2.0]]
     assert pts["std"].to_numpy() == pytest.approx([np.std([0.5, 0.6], ddof=1), np.std([0.7, 0.8], ddof=1)])
-    controls = pd.DataFrame({"dataset": ["neu"], "method": ["random"], "labels_pct": [100.0], "seed": [0],
-                             "accuracy": [0.6]})
-    (png,) = figures.plot_budget_curves(rows, controls, tmp_path)
+    # the run's other rows: the main-grid SimCLR (open marker), the random control and the supervised baseline
+    main = pd.DataFrame({"dataset": "neu", "method": ["random", "simclr", "simclr", "supervised"], "labels_pct": 100.0,
+                         "seed": [0, 0, 1, 0], "pretrain_steps": [0.0, 75.0, 75.0, None], "accuracy": [0.6, 0.6, 0.7, 0.9]})
+    (png,) = figures.plot_budget_curves(rows, main, tmp_path)
     assert png.name == "budget--neu.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert figures.plot_budget_curves(rows.drop(columns="budget_epochs"), controls, tmp_path) == []
+    assert figures.plot_budget_curves(rows.drop(columns="budget_epochs"), main, tmp_path) == []
+    assert figures.plot_budget_curves(rows, pd.DataFrame(), tmp_path) == [png]  # no other rows: the curve alone
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ def _classification(tmp_path):
         common = {"dataset": "neu", "labels_pct": 100.0, "seed": seed, "macro_f1": 0.5}
         rows += [
             {**common, "method": "simclr", "budget_epochs": 5.0, "image_size": 64.0, "pretrain_steps": 35.0, "accuracy": acc_5},
+            {**common, "method": "diffcl", "budget_epochs": 5.0, "image_size": 64.0, "pretrain_steps": 35.0, "accuracy": acc_5 - .1},
             {**common, "method": "simclr", "budget_epochs": 60.0, "image_size": 64.0, "pretrain_steps": 420.0, "accuracy": acc_60},
             {**common, "method": "simclr", "pretrain_steps": 210.0, "accuracy": acc_main},
             {**common, "method": "random", "pretrain_steps": 0.0, "accuracy": acc_random},
@@ -37,13 +38,16 @@ def _classification(tmp_path):
 def test_budget_section_orders_points_by_steps_and_adds_controls(tmp_path):
     body = reference.budget_section(_classification(tmp_path))
     lines = body.splitlines()[2:]
+    # per method its points by steps (its main-grid run among them), then the controls once
     assert [line.split(" | ")[1] for line in lines] == [
+        "diffcl, 5 epochs at 64 px (budget point)",
         "simclr, 5 epochs at 64 px (budget point)", "simclr, main grid", "simclr, 60 epochs at 64 px (budget point)",
         "random-init control", "supervised baseline"]
     # steps, then mean ± std over the three seeds of the 100%-label rows only
-    assert lines[0].split(" | ")[2:5] == ["35", "0.520 ± 0.020", "0.500 ± 0.000"]
-    assert lines[2].split(" | ")[2:4] == ["420", "0.720 ± 0.020"]
-    assert lines[4].split(" | ")[2:4] == ["140", "0.920 ± 0.020"]
+    assert lines[0].split(" | ")[2:4] == ["35", "0.420 ± 0.020"]
+    assert lines[1].split(" | ")[2:5] == ["35", "0.520 ± 0.020", "0.500 ± 0.000"]
+    assert lines[3].split(" | ")[2:4] == ["420", "0.720 ± 0.020"]
+    assert lines[5].split(" | ")[2:4] == ["140", "0.920 ± 0.020"]
     assert all(line.endswith("| 3 |") for line in lines)
 
 

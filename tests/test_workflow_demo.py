@@ -56,6 +56,10 @@ def test_every_job_appears_exactly_once(demo):
 def test_demo_covers_every_stage(demo):
     cls = pd.read_parquet(demo / "results" / "tables" / "classification.parquet")
     assert {"simclr", "diffcl", "supcon", "supervised"} <= set(cls["method"])
+    # the budget curve's DiffCL points trained with the main grid's diffusion views (without them
+    # DiffCL refuses to train)
+    points = cls[cls["budget_epochs"].notna()]
+    assert sorted(zip(points["method"], points["budget_epochs"])) == [("diffcl", 1.0), ("diffcl", 2.0)]
     anomaly = pd.read_parquet(demo / "results" / "tables" / "anomaly.parquet")
     assert {"knn", "mahalanobis", "mahalanobis_shrinkage", "cosine", "patchcore", "ddad"} <= set(anomaly["scorer"])
     clus = pd.read_parquet(demo / "results" / "tables" / "clustering.parquet")
@@ -80,9 +84,9 @@ def test_mlflow_store_has_one_run_per_job(demo):
     assert len(children) == len(_metrics_files(demo))
 
 
-# Every figure family the demo's results allow (the demo has no budget curve).
+# Every figure family the demo's results allow.
 DEMO_FIGURES = {
-    "anomaly-maps--elpv-ddad-efficientnet_lite0.png", "anomaly-maps--elpv-patchcore-resnet18.png",
+    "anomaly-maps--elpv-ddad-efficientnet_lite0.png", "anomaly-maps--elpv-patchcore-resnet18.png", "budget--elpv.png",
     "confusion--elpv-labels100.png", "failures--elpv-anomaly.png", "failures--elpv-classification.png",
     "gradcam--elpv.png", "label-efficiency--elpv.png", "roc-pr--elpv.png", "score-hist--elpv.png", "tsne--elpv.png",
 }

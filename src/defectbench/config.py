@@ -142,20 +142,28 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
 
 
 def _check_budget(config: dict) -> None:
-    """budget.method / budget.dataset name a view-free contrastive method and a classification dataset."""
+    """budget.methods / budget.dataset name contrastive methods and a classification dataset; a
+    method reading diffusion views needs them (diffusion.enabled) at the one size they are made at."""
     budget = config["budget"]
-    if not budget["method"]:
+    if not budget["methods"]:
         return
-    method, dataset = budget["method"], budget["dataset"]
-    methods = registry.names("contrastive_methods")
-    if method not in methods:
-        raise DefectbenchError(f"config key budget.method: {method!r} is not a contrastive method ({', '.join(methods)})")
-    if registry.reads_views(method, config["contrastive"]["method_params"][method], diffusion_enabled=True):
-        raise DefectbenchError(f"config key budget.method: {method!r} reads diffusion views, made at the dataset's "
-                               "image_size only; pick a method without views")
+    dataset = budget["dataset"]
     entry = config["datasets"].get(dataset)
     if entry is None or "classification" not in entry["tasks"]:
         raise DefectbenchError(f"config key budget.dataset: {dataset!r} is not a dataset with the classification task")
+    methods = registry.names("contrastive_methods")
+    for method in budget["methods"]:
+        if method not in methods:
+            raise DefectbenchError(f"config key budget.methods: {method!r} is not a contrastive method ({', '.join(methods)})")
+        if not registry.reads_views(method, config["contrastive"]["method_params"][method], diffusion_enabled=True):
+            continue
+        if not config["diffusion"]["enabled"]:
+            raise DefectbenchError(f"config key budget.methods: {method!r} reads diffusion views; set diffusion.enabled: true")
+        other = sorted(set(budget["image_sizes"]) - {entry["image_size"]})
+        if other:
+            raise DefectbenchError(f"config key budget.image_sizes: {method!r} reads the diffusion views made at "
+                                   f"datasets.{dataset}.image_size ({entry['image_size']} px), not {other}; "
+                                   "use that size only or drop the method")
 
 
 def _check_package_weights(config: dict) -> None:

@@ -186,31 +186,40 @@ def budget_points(budget: pd.DataFrame, metric: str = "accuracy") -> pd.DataFram
     return out
 
 
-def plot_budget_curves(budget: pd.DataFrame, controls: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> list[Path]:
-    """One PNG per dataset: ``metric`` of the probe (all labels) vs the method's pretraining
-    optimiser steps, one line per image size (points labelled with their epochs); the random-init
-    control's value at 100% labels as a dashed line, so a point below it is visible as such."""
+def plot_budget_curves(budget: pd.DataFrame, main: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> list[Path]:
+    """One PNG per dataset: ``metric`` of the probe (all labels) vs the pretraining optimiser steps,
+    one line per method and image size (points labelled with their epochs). From ``main`` (the
+    run's other classification rows, 100% labels): each curve method's main-grid run as an open
+    marker at its own steps, and the random-init control and the supervised baseline as dashed
+    lines, so a point below the control is visible as such."""
     points = budget_points(budget, metric)
     if points.empty:
         return []
     plt = _plt()
+    cols = ["dataset", "method", "labels_pct", "seed", "pretrain_steps", metric]
+    full = main.reindex(columns=cols)
+    full = full[full["labels_pct"] == 100].dropna(subset=[metric])
     written = []
     for dataset, d in points.groupby("dataset", sort=True):
         fig, ax = plt.subplots(figsize=(6, 4))
+        at = full[full["dataset"] == dataset]
         for (method, size), g in d.groupby(["method", "image_size"], sort=True):
             g = g.sort_values("pretrain_steps")
-            ax.errorbar(g["pretrain_steps"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
-                        label=f"{method}, {int(size)} px")
+            line = ax.errorbar(g["pretrain_steps"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
+                               label=f"{method}, {int(size)} px")
             for _, r in g.iterrows():
                 ax.annotate(f"{int(r['budget_epochs'])} ep", (r["pretrain_steps"], r["mean"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
-        ctrl = pd.DataFrame()
-        if {"dataset", "method", "labels_pct", "seed", metric} <= set(controls.columns):
-            ctrl = controls[(controls["dataset"] == dataset) & (controls["method"] == "random")
-                            & (controls["labels_pct"] == 100)].dropna(subset=[metric])
-        if not ctrl.empty:
-            ax.axhline(float(ctrl[metric].mean()), color="grey", linestyle="--",
-                       label=f"random-init control ({int(ctrl['seed'].nunique())} seeds)")
+            grid = at[at["method"] == method].dropna(subset=["pretrain_steps"])
+            if len(grid):
+                ax.errorbar([grid["pretrain_steps"].mean()], [grid[metric].mean()], yerr=[np.nan_to_num(grid[metric].std())],
+                            marker="o", mfc="white", capsize=3, color=line[0].get_color(), linestyle="none",
+                            label=f"{method}, main grid ({int(grid['seed'].nunique())} seeds)")
+        for method, label, style in (("random", "random-init control", "--"), ("supervised", "supervised baseline", ":")):
+            ref = at[at["method"] == method]
+            if len(ref):
+                ax.axhline(float(ref[metric].mean()), color="grey", linestyle=style,
+                           label=f"{label} ({int(ref['seed'].nunique())} seeds)")
         ax.set_xlabel("pretraining optimiser steps")
         ax.set_ylabel(f"probe {metric.replace('_', ' ')} (all labels)")
         ax.set_title(f"{dataset}: budget curve (mean ± std over seeds)")

@@ -109,8 +109,8 @@ def label_efficiency_section(tables_dir: Path) -> str:
 
 
 def budget_section(tables_dir: Path) -> str | None:
-    """The budget curve as numbers (its figure is ``budget--<dataset>.png``): the curve's method at
-    each budget point, the same method in the main grid, and the dataset's random-init control and
+    """The budget curve as numbers (its figure is ``budget--<dataset>.png``): each curve method at
+    each budget point and in the main grid, then (once per dataset) the random-init control and the
     supervised baseline, all probed on 100% of the labels; ``None`` when the run has no curve."""
     df = _read(tables_dir, "classification")
     if "budget_epochs" not in df.columns or df["budget_epochs"].isna().all():
@@ -126,15 +126,16 @@ def budget_section(tables_dir: Path) -> str | None:
                 format_stat(*seed_stats(g["accuracy"])[:2], digits=3),
                 format_stat(*seed_stats(g["macro_f1"])[:2], digits=3), str(g["seed"].nunique())]
 
-    for (dataset, method), curve in points.groupby(["dataset", "method"], sort=True):
+    for dataset, at_points in points.groupby("dataset", sort=True):
         at = main[main["dataset"] == dataset]
-        ranked = [(seed_stats(g["pretrain_steps"])[0],
-                   row(dataset, f"{method}, {int(e)} epochs at {int(px)} px (budget point)", g, "pretrain_steps"))
-                  for (e, px), g in curve.groupby(["budget_epochs", "image_size"], sort=True)]
-        grid = at[at["method"] == method]
-        if len(grid):
-            ranked.append((seed_stats(grid["pretrain_steps"])[0], row(dataset, f"{method}, main grid", grid, "pretrain_steps")))
-        rows += [r for _, r in sorted(ranked, key=lambda t: t[0])]
+        for method, curve in at_points.groupby("method", sort=True):
+            ranked = [(seed_stats(g["pretrain_steps"])[0],
+                       row(dataset, f"{method}, {int(e)} epochs at {int(px)} px (budget point)", g, "pretrain_steps"))
+                      for (e, px), g in curve.groupby(["budget_epochs", "image_size"], sort=True)]
+            grid = at[at["method"] == method]
+            if len(grid):
+                ranked.append((seed_stats(grid["pretrain_steps"])[0], row(dataset, f"{method}, main grid", grid, "pretrain_steps")))
+            rows += [r for _, r in sorted(ranked, key=lambda t: t[0])]
         for control, label, steps_col in (("random", "random-init control", "pretrain_steps"),
                                           ("supervised", "supervised baseline", "train_steps")):
             g = at[at["method"] == control]
