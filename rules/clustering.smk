@@ -2,7 +2,8 @@
 # images, per-patch weights (unsupervised / supervised / average), Ward clustering, NMI/ARI/F1.
 # One job per dataset x seed embeds the images once and writes every configured weighting.
 # {features} = the patch-embedding backbone (patchcore.backbone) or a control of clustering.controls
-# ('oracle': label-made features). Library: defectbench.clustering.
+# ('oracle': label-made features; 'random': patchcore.backbone at random init, pretrained none).
+# Library: defectbench.clustering.
 
 
 include: "clustering_helpers.smk"

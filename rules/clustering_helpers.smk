@@ -21,8 +21,8 @@ def cluster_outputs(file):
 @register_targets
 def clustering_targets():
     # clustering.features is validated against registry.CLUSTERING_FEATURES ('patchcore' only: the
-    # patch embeddings of patchcore.backbone); clustering.controls adds the positive control's rows
-    # ('oracle': label-made features).
+    # patch embeddings of patchcore.backbone); clustering.controls adds control rows ('oracle':
+    # label-made features, the positive control; 'random': patchcore.backbone at random init).
     return expand(
         paths.job("clustering", "metrics.json"),
         weighting=CLUSTER_WEIGHTINGS,

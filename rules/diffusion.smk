@@ -5,6 +5,9 @@
 # The model of task T is trained on the `train` subset of the T split only: `classification`
 # for DiffCL views, `anomaly` (nominal train images) for DDAD, so no anomaly test image is ever
 # seen in pretraining.
+#
+# DDAD's {backbone} = ddad.feature_backbone or 'random', the random-init control of ddad.controls
+# (the same feature backbone with pretrained none, the same diffusion model; features 'random').
 
 include: "diffusion_helpers.smk"
 

@@ -15,7 +15,8 @@ def ddad_datasets():
 
 @register_targets
 def ddad_targets():
-    return expand(paths.job("ddad", "metrics.json"), backbone=config["ddad"]["feature_backbone"],
+    # ddad.controls adds the random-init control ('random': the feature backbone with pretrained none)
+    return expand(paths.job("ddad", "metrics.json"), backbone=[config["ddad"]["feature_backbone"], *config["ddad"]["controls"]],
                   dataset=ddad_datasets(), seed=SEEDS)
 
 

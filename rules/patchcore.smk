@@ -1,5 +1,7 @@
 # PatchCore (specs E.4): patch-embedding memory bank with a greedy coreset, fitted on the anomaly
 # split's nominal train images; threshold from the nominal holdout; image + pixel metrics on test.
+# {backbone} = patchcore.backbone or 'random', the random-init control of patchcore.controls (the
+# same backbone with pretrained none; its row has features 'random').
 # Library: defectbench.anomaly.patchcore (run_patchcore).
 
 

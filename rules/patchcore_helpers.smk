@@ -13,7 +13,8 @@ def patchcore_targets():
         return []
     return expand(
         paths.job("patchcore", "metrics.json"),
-        backbone=config["patchcore"]["backbone"],
+        # patchcore.controls adds the random-init control ('random': the backbone with pretrained none)
+        backbone=[config["patchcore"]["backbone"], *config["patchcore"]["controls"]],
         dataset=datasets_with("anomaly"),
         seed=SEEDS,
     )

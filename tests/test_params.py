@@ -123,7 +123,7 @@ def test_clustering_reads_the_patchcore_embedding_keys_not_its_coreset():
     wc = {"dataset": "neu", "features": "wide_resnet50_2", "seed": "0"}
     assert _job("cluster", base, **wc) == _job("cluster", coreset, **wc)
     assert _job("cluster", base, **wc) != _job("cluster", layers, **wc)
-    assert _job("patchcore", base, **wc) != _job("patchcore", coreset, **wc)
+    assert _job("patchcore", base, backbone="wide_resnet50_2", **wc) != _job("patchcore", coreset, backbone="wide_resnet50_2", **wc)
     # tau is read only by the weightings that use it
     average_only = _cfg(clustering={"weightings": ["average"]})
     assert "tau" not in _job("cluster", average_only, **wc)["clustering"]
@@ -140,12 +140,37 @@ def test_clustering_oracle_control_reads_no_backbone_keys_and_adds_no_key_to_the
     # switching the control on changes no params of the patchcore-feature jobs
     assert _job("cluster", base, features="wide_resnet50_2", **wc) == _job("cluster", with_control, features="wide_resnet50_2", **wc)
     with pytest.raises(DefectbenchError, match="controls"):
-        _cfg(clustering={"controls": ["random"]})
+        _cfg(clustering={"controls": ["pretrained"]})
     # the image cap reaches both kinds of job only when set
     capped = _cfg(clustering={"max_per_class": 8})
     assert "max_per_class" not in _job("cluster", base, features="wide_resnet50_2", **wc)["clustering"]
     assert _job("cluster", capped, features="wide_resnet50_2", **wc)["clustering"]["max_per_class"] == 8
     assert _job("cluster", capped, features="oracle", **wc)["clustering"]["max_per_class"] == 8
+
+
+# (rule, section the control reads, wildcard naming the backbone, the backbone's name in a default config)
+RANDOM_CONTROL_JOBS = [("patchcore", "patchcore", "backbone"), ("ddad", "ddad", "backbone"),
+                       ("cluster", "patchcore", "features")]
+
+
+@pytest.mark.parametrize("rule, section, wildcard", RANDOM_CONTROL_JOBS)
+def test_random_init_control_differs_only_in_pretrained_and_leaves_the_main_jobs_alone(rule, section, wildcard):
+    """A ``controls: [random]`` switch only adds a job: the main job's params are those of a config
+    without it (so existing results do not rerun), and the control's differ from them in
+    ``pretrained`` alone (``none``), whatever weights the main job uses."""
+    weights = {"pretrained": "package", "backbone": "efficientnet_lite0"}
+    main = {"patchcore": dict(weights), "ddad": {"pretrained": "package", "feature_backbone": "efficientnet_lite0"}}
+    off = _cfg(**main)
+    on = _cfg(**{name: {**body, "controls": ["random"]} for name, body in main.items()},
+              clustering={"controls": ["oracle", "random"]})
+    wc = {"dataset": "neu", "seed": "0"}
+    assert _job(rule, off, **wc, **{wildcard: "efficientnet_lite0"}) == _job(rule, on, **wc, **{wildcard: "efficientnet_lite0"})
+    main_job = _job(rule, on, **wc, **{wildcard: "efficientnet_lite0"})
+    control = _job(rule, on, **wc, **{wildcard: "random"})
+    assert main_job[section]["pretrained"] == "package" and control[section]["pretrained"] == "none"
+    assert {**control, section: {**control[section], "pretrained": "package"}} == main_job
+    assert "controls" not in main_job[section] and "controls" not in control.get("clustering", {})
+    assert "enabled" not in control[section]
 
 
 def test_scorer_jobs_read_their_own_keys_and_leaky_only_when_faithful():

@@ -69,6 +69,20 @@ def build_cache(config, wc) -> Params:
     return {"dataset": _pick(dataset_entry(config, wc["dataset"]), ["alpha_background", "resize", "resize_to"])}
 
 
+# ----------------------------------------------------------------------------- random-init controls
+# Keys of the patchcore / ddad sections that only decide which jobs exist (the switch and the
+# controls), never read by one: adding a control leaves the main jobs' params as they were.
+ANOMALY_GRID_KEYS = ["enabled", "controls"]
+RANDOM_CONTROL = "random"
+
+
+def random_init(section: dict[str, Any], wildcard: str) -> dict[str, Any]:
+    """``section`` for a job whose backbone wildcard is ``wildcard``: the random-init control
+    (``patchcore.controls`` / ``ddad.controls`` / ``clustering.controls`` ``random``) is the same
+    job with the backbone at random init, ``pretrained: none``; any other job keeps the section."""
+    return {**section, "pretrained": "none"} if wildcard == RANDOM_CONTROL else section
+
+
 # ----------------------------------------------------------------------------- diffusion stage
 # Keys of the diffusion section that change the trained model (not the views, not `enabled`).
 DIFFUSION_TRAIN_KEYS = [
@@ -87,7 +101,8 @@ def diffusion_views(config, wc) -> Params:
 
 
 def ddad(config, wc) -> Params:
-    return {**torch_job(config), "protocol": config["protocol"], "ddad": _without(config["ddad"], "enabled"),
+    section = random_init(_without(config["ddad"], *ANOMALY_GRID_KEYS), wc["backbone"])
+    return {**torch_job(config), "protocol": config["protocol"], "ddad": section,
             "metrics": config["metrics"], "threshold_quantile": config["anomaly"]["threshold_quantile"]}
 
 
@@ -178,7 +193,8 @@ def score_anomaly(config, wc) -> Params:
 
 
 def patchcore(config, wc) -> Params:
-    return {**torch_job(config), "protocol": config["protocol"], "patchcore": _without(config["patchcore"], "enabled"),
+    section = random_init(_without(config["patchcore"], *ANOMALY_GRID_KEYS), wc["backbone"])
+    return {**torch_job(config), "protocol": config["protocol"], "patchcore": section,
             "metrics": config["metrics"], "threshold_quantile": config["anomaly"]["threshold_quantile"]}
 
 
@@ -196,7 +212,7 @@ def cluster(config, wc) -> Params:
         return {**torch_job(config), "protocol": config["protocol"], "clustering": _pick(ccfg, keys)}
     keys = ["include_normal", *cap, "layernorm", "pretrain_dim", "target_dim", *sorted(weight_keys & set(ccfg))]
     return {**torch_job(config), "protocol": config["protocol"], "clustering": _pick(ccfg, keys),
-            "patchcore": _pick(config["patchcore"], CLUSTERING_PATCHCORE_KEYS)}
+            "patchcore": random_init(_pick(config["patchcore"], CLUSTERING_PATCHCORE_KEYS), wc["features"])}
 
 
 # ----------------------------------------------------------------------------- report stage
