@@ -105,4 +105,5 @@ def run_control_ddad(files: dict[str, Path], config: dict, out: Path, *, seed: i
            "threshold_quantile": config["anomaly"]["threshold_quantile"], "device": "cpu", "protocol": "clean"}
     return run_ddad(files["model"], files["cache"], files["masks"], files["split"], out / "metrics.json",
                     out / "scores.parquet", out / "maps.npy", out / "da_history.parquet", cfg,
-                    dataset="control", seed=seed, diffusion_metrics_path=files["diffusion"])
+                    dataset="control", seed=seed, features=config["ddad"]["feature_backbone"],
+                    diffusion_metrics_path=files["diffusion"])

@@ -180,11 +180,12 @@ def test_mvtec_without_ground_truth_runs_patchcore_image_level_only(shapes, tmp_
         cfg = job_cfg("patchcore", {"patchcore": {
             "backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"], "pretrain_dim": 32,
             "target_dim": 32, "patchsize": 3, "coreset_ratio": 0.5, "projection_dim": 8, "num_neighbors": 1,
-            "reweight": False, "smoothing_sigma": 4.0, "batch_size": 8}})
+            "reweight": False, "smoothing_sigma": 4.0, "batch_size": 8}}, backbone="resnet18")
         out = tmp_path / "results" / "anomaly" / "patchcore" / "resnet18" / name / "seed0"
         run_patchcore(cache_path=data / f"cache-{SIZE}.npy", masks_path=data / f"masks-{SIZE}.npy",
                       split_path=data / "anomaly-seed0.parquet", metrics_path=out / "metrics.json",
-                      scores_path=out / "scores.parquet", maps_path=out / "maps.npy", cfg=cfg, dataset=name, seed=0)
+                      scores_path=out / "scores.parquet", maps_path=out / "maps.npy", cfg=cfg, dataset=name, seed=0,
+                      features="resnet18")
         results[shape] = out / "metrics.json"
     without = json.loads(results["mvtec_nomasks"].read_text())["metrics"]
     with_masks = json.loads(results["mvtec_masks"].read_text())["metrics"]

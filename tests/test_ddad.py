@@ -143,7 +143,7 @@ def test_domain_adaptation_batchnorm_buffers(da_bn, one_torch_thread):
     unet = ddpm.build_unet(32, [8, 16], 1, attention_levels=0).eval()
     images = np.stack([nominal_image(np.random.default_rng(i), 32) for i in range(8)])
     cfg = job_cfg("ddad", {"ddad": {"feature_backbone": "efficientnet_lite0", "pretrained": "package", "da_epochs": 2,
-                                    "batch_size": 8, "steps": 50, "skip": 25, "da_bn": da_bn}})["ddad"]
+                                    "batch_size": 8, "steps": 50, "skip": 25, "da_bn": da_bn}}, backbone="efficientnet_lite0")["ddad"]
     loaded = build_model("efficientnet_lite0", "package")
     fe, history = ddad.adapt_feature_extractor(unet, TABLE, images, cfg, seed=0, device=CPU,
                                                checkpoint_path=Path(tempfile.mkdtemp()) / "ckpt.pt")
@@ -265,13 +265,14 @@ def test_ddad_stage_end_to_end(magnetic_tile, tmp_path):
     assert pm["rec_error_ratio"] == pytest.approx(pm["rec_error_in_mask"] / pm["rec_error_out_mask"])
     cfg = job_cfg("ddad", {"protocol": "faithful", "ddad": {
         "w": 4.0, "steps": 50, "skip": 25, "eta": 1.0, "v": 1.0, "da_epochs": 1, "da_lambda": 0.1, "w_da": 3.0,
-        "feature_backbone": "resnet18", "pretrained": "none", "batch_size": 4, "max_norm": "batch", "sigma": 4.0}})
+        "feature_backbone": "resnet18", "pretrained": "none", "batch_size": 4, "max_norm": "batch", "sigma": 4.0}}, backbone="resnet18")
     out = tmp_path / "ddad"
     record = ddad.run_ddad(model_dir, root / "cache-32.npy", root / "masks-32.npy", root / "anomaly-seed0.parquet",
                            out / "metrics.json", out / "scores.parquet", out / "maps.npy", out / "da_history.parquet",
-                           cfg, dataset="mt", seed=0, diffusion_metrics_path=pre / "metrics.json")
+                           cfg, dataset="mt", seed=0, features="resnet18", diffusion_metrics_path=pre / "metrics.json")
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["stage"] == "anomaly" and saved["scorer"] == "ddad" and saved["features"] == "resnet18"
+    assert saved["backbone"] == "resnet18"
     assert saved["protocol"] == "faithful" and saved["extra"]["max_norm"] == "batch"
     assert saved["extra"]["da_bn"] == "eval"  # the default
     assert saved["diffusion_converged"] is False

@@ -176,12 +176,13 @@ def test_patchcore_end_to_end_on_real_magnetic_tiles(tmp_path):
     cfg = job_cfg("patchcore", {"patchcore": {
         "backbone": "resnet18", "pretrained": "none", "layers": ["layer2", "layer3"], "pretrain_dim": 64,
         "target_dim": 64, "patchsize": 3, "coreset_ratio": 0.25, "projection_dim": 16, "num_neighbors": 1,
-        "reweight": False, "smoothing_sigma": 4.0, "batch_size": 8}})
+        "reweight": False, "smoothing_sigma": 4.0, "batch_size": 8}}, backbone="resnet18")
     record = run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=paths["anomaly"],
                            metrics_path=out / "metrics.json", scores_path=out / "scores.parquet",
-                           maps_path=out / "maps.npy", cfg=cfg, dataset="mt", seed=0)
+                           maps_path=out / "maps.npy", cfg=cfg, dataset="mt", seed=0, features="resnet18")
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["stage"] == "anomaly" and saved["scorer"] == "patchcore" and saved["features"] == "resnet18"
+    assert saved["backbone"] == "resnet18"
     m = saved["metrics"]
     assert 0.0 <= m["image_auroc"] <= 1.0 and 0.0 <= m["pixel_auroc"] <= 1.0 and m["pro"] is not None
     assert m["memory_bank_size"] == int(8 * 64 * 0.25)  # 8 train images x 8x8 patches x ratio
@@ -206,7 +207,8 @@ def test_bad_split_is_a_one_line_error(tmp_path):
     with pytest.raises(DefectbenchError, match="no 'holdout' images"):
         run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=tmp_path / "nohold.parquet",
                       metrics_path=tmp_path / "m.json", scores_path=tmp_path / "s.parquet", maps_path=tmp_path / "x.npy",
-                      cfg=job_cfg("patchcore", {"patchcore": {"backbone": "resnet18"}}), dataset="mt", seed=0)
+                      cfg=job_cfg("patchcore", {"patchcore": {"backbone": "resnet18"}}, backbone="resnet18"), dataset="mt", seed=0,
+                      features="resnet18")
     assert not (tmp_path / "m.json").exists()
 
 

@@ -14,4 +14,5 @@ with tracked_job(snakemake):  # noqa: F821 - injected by Snakemake; the log (+ l
         cfg=snakemake.params.cfg,  # noqa: F821
         dataset=snakemake.wildcards.dataset,  # noqa: F821
         seed=int(snakemake.wildcards.seed),  # noqa: F821
+        features=snakemake.wildcards.backbone,  # noqa: F821 - the backbone's name or 'random' (its control)
     )

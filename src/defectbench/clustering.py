@@ -17,6 +17,9 @@ Positive control (``clustering.controls: [oracle]``, features ``oracle``): the s
 weightings, Ward clustering and metrics, on patch embeddings made from the test labels
 (:func:`oracle_patch_embeddings`: one-hot of the label plus noise). Any working stage clusters them
 perfectly (NMI 1), so an NMI near chance on the real features is the features', not the stage's.
+Random-init control (``clustering.controls: [random]``, features ``random``): the same job on
+the patch embeddings of ``patchcore.backbone`` at random init (its params carry ``pretrained:
+none``), so real features can be read against untrained ones of the same network.
 
 >>> import torch
 >>> d = torch.tensor([[1.0, 3.0, 3.0]])
@@ -204,9 +207,10 @@ def reference_rows(reference_split_path: str | Path | None, cache_path: str | Pa
 
 def patch_embedder(features: str, cfg: dict[str, Any], *, n_labels: int, seed: int, device: Any):
     """``embed(source, rows, row_labels, stream) -> (N,P,D)`` patch embeddings of split rows:
-    PatchCore's embedding of their images (``features`` = ``patchcore.backbone``) or, for
-    ``oracle``, :func:`oracle_patch_embeddings` of their labels (stream 0: the clustered images,
-    1: the references, each with its own noise draws; the images are not read)."""
+    PatchCore's embedding of their images (``features`` = ``patchcore.backbone``, or ``random``:
+    the same backbone with the job's ``pretrained: none``) or, for ``oracle``,
+    :func:`oracle_patch_embeddings` of their labels (stream 0: the clustered images, 1: the
+    references, each with its own noise draws; the images are not read)."""
     cl_cfg = cfg["clustering"]
     if features == "oracle":
         def embed(source: SplitCache, rows: Any, row_labels: np.ndarray, stream: int) -> torch.Tensor:
@@ -215,8 +219,8 @@ def patch_embedder(features: str, cfg: dict[str, Any], *, n_labels: int, seed: i
     from defectbench.anomaly.embedding import embed_patches, patch_extractor
 
     pc_cfg = cfg["patchcore"]
-    if features != pc_cfg["backbone"]:
-        raise DefectbenchError(f"clustering: features {features!r} are neither 'oracle' nor patchcore.backbone "
+    if features not in (pc_cfg["backbone"], "random"):
+        raise DefectbenchError(f"clustering: features {features!r} are neither 'oracle', 'random' nor patchcore.backbone "
                                f"{pc_cfg['backbone']!r}; check the target path")
     extractor = patch_extractor(pc_cfg)
     embed_kw = dict(pretrain_dim=cl_cfg.get("pretrain_dim"), target_dim=cl_cfg.get("target_dim"),
@@ -246,8 +250,9 @@ def run_clustering(
     label_name, cluster, matched_label).
 
     Images: :func:`clustering_rows`; k = number of distinct labels among them. References for
-    ``supervised``: :func:`reference_rows`. ``features``: ``patchcore.backbone`` or ``oracle``
-    (the positive control), see :func:`patch_embedder`.
+    ``supervised``: :func:`reference_rows`. ``features``: ``patchcore.backbone``, ``random``
+    (the random-init control) or ``oracle`` (the positive control), see :func:`patch_embedder`;
+    rows of real features also name the network in ``backbone``.
     """
     import pandas as pd
 
@@ -256,7 +261,8 @@ def run_clustering(
     from defectbench.runtime import Timer, stage_job, write_parquet
 
     cl_cfg = cfg["clustering"]
-    keys = {"dataset": dataset, "seed": int(seed), "features": features}
+    keys = {"dataset": dataset, "seed": int(seed), "features": features,
+            **({} if features == "oracle" else {"backbone": cfg["patchcore"]["backbone"]})}
     with stage_job(stage="clustering", cfg=cfg, keys=keys, seed=seed) as job:
         data = SplitCache(split_path, cache_path)
         images = clustering_rows(data, manifest_path, cl_cfg, seed)

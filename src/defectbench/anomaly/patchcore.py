@@ -173,16 +173,25 @@ def run_patchcore(
     cfg: dict[str, Any],
     dataset: str,
     seed: int,
+    features: str,
 ) -> dict[str, Any]:
     """The ``patchcore`` stage: fit on the anomaly split's nominal train images, score the nominal
     holdout and the test images, and evaluate and write them by the anomaly protocol
     (:mod:`defectbench.anomaly.protocol`: threshold on the holdout, image + pixel metrics,
     scores.parquet, maps.npy); metrics.json adds the timings and the memory bank size. Runs in
     :func:`defectbench.runtime.stage_job`; PatchCore has no mixed precision (``amp`` none).
+
+    ``features`` (the job's ``{backbone}`` wildcard) labels the row: ``patchcore.backbone``, or
+    ``random`` for the random-init control (``patchcore.controls``; its params carry
+    ``pretrained: none``); the ``backbone`` key names the network either way.
     """
     pc_cfg = cfg["patchcore"]
     metrics_cfg = cfg["metrics"]
-    keys = {"dataset": dataset, "seed": int(seed), "scorer": "patchcore", "features": pc_cfg["backbone"]}
+    if features not in (pc_cfg["backbone"], "random"):
+        raise DefectbenchError(f"patchcore: features {features!r} (from the target's path) are neither "
+                               f"patchcore.backbone {pc_cfg['backbone']!r} nor 'random'; check the target path")
+    keys = {"dataset": dataset, "seed": int(seed), "scorer": "patchcore", "features": features,
+            "backbone": pc_cfg["backbone"]}
     with stage_job(stage="anomaly", cfg=cfg, keys=keys, seed=seed) as job:
         parts = protocol.read_anomaly_split(split_path, cache_path, masks_path)
         train, holdout, test = (parts[name] for name in protocol.SUBSETS)

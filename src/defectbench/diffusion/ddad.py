@@ -316,7 +316,7 @@ def diffusion_report(path: str | os.PathLike) -> tuple[bool, dict[str, float]]:
 def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_path: str | os.PathLike,
              anomaly_split_path: str | os.PathLike, metrics_path: str | os.PathLike, scores_path: str | os.PathLike,
              maps_path: str | os.PathLike, history_path: str | os.PathLike, cfg: dict[str, Any], *,
-             dataset: str, seed: int, diffusion_metrics_path: str | os.PathLike) -> dict[str, Any]:
+             dataset: str, seed: int, features: str, diffusion_metrics_path: str | os.PathLike) -> dict[str, Any]:
     """Pipeline stage ``ddad``: adapt the feature extractor on the nominal train images, score the
     holdout (nominal) and test images, evaluate and write them by the anomaly protocol
     (:mod:`defectbench.anomaly.protocol`: scores.parquet, maps.npy; pixel metrics on the
@@ -326,14 +326,20 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
     ``device``, ``protocol``. ``diffusion_metrics_path`` is the model's pretraining metrics.json:
     its convergence verdict becomes the row's ``diffusion_converged`` (a column of the anomaly
     table, so a row from an untrained model is not read as a DDAD result) and its final loss and
-    reconstruction errors are copied as ``diffusion_*`` metrics.
+    reconstruction errors are copied as ``diffusion_*`` metrics. ``features`` (the job's
+    ``{backbone}`` wildcard) labels the row: ``ddad.feature_backbone``, or ``random`` for the
+    random-init control (``ddad.controls``; its params carry ``pretrained: none``); the
+    ``backbone`` key names the network either way.
     """
     from defectbench.train import checkpointed
 
     dcfg, mcfg = cfg["ddad"], cfg["metrics"]
+    if features not in (dcfg["feature_backbone"], "random"):
+        raise DefectbenchError(f"ddad: features {features!r} (from the target's path) are neither "
+                               f"ddad.feature_backbone {dcfg['feature_backbone']!r} nor 'random'; check the target path")
     diffusion_converged, diffusion_metrics = diffusion_report(diffusion_metrics_path)
-    keys = {"dataset": dataset, "seed": seed, "scorer": "ddad", "features": dcfg["feature_backbone"],
-            "diffusion_converged": diffusion_converged}
+    keys = {"dataset": dataset, "seed": seed, "scorer": "ddad", "features": features,
+            "backbone": dcfg["feature_backbone"], "diffusion_converged": diffusion_converged}
     with stage_job(stage="anomaly", cfg=cfg, keys=keys, seed=seed, amp=dcfg["amp"]) as job:
         device, amp = job.device, job.amp
         unet, scheduler = load_diffusion(model_dir, device)
