@@ -361,3 +361,36 @@ def test_positive_control_rows_are_no_side_of_a_claim():
     on_oracle = evaluate_claim({**claim, "method": {"weighting": "supervised", "features": "oracle"}}, "mt",
                                pd.DataFrame(rows))
     assert on_oracle["method_mean"] == 1.0
+
+
+def test_random_init_control_rows_are_no_side_but_can_be_the_control():
+    """PatchCore's random-init rows (features random) must not drag down a side that names only the
+    scorer; the committed PatchCore claim's control picks exactly them."""
+    rows = [{"dataset": "mt", "protocol": "clean", "seed": s, "scorer": sc, "features": f, "image_auroc": v}
+            for s in range(3) for sc, f, v in (("patchcore", "lite0", .80 + .02 * s), ("patchcore", "random", .50),
+                                               ("mahalanobis", "simclr", .60), ("mahalanobis", "random", .55))]
+    claim = {"id": "c", "paper": "p", "claim": "pc > maha", "table": "anomaly", "datasets": ["mt"],
+             "metric": "image_auroc", "direction": "higher", "method": {"scorer": "patchcore"},
+             "baseline": {"scorer": "mahalanobis", "features": "simclr"},
+             "control": {"scorer": "patchcore", "features": "random"}}
+    row = evaluate_claim(claim, "mt", pd.DataFrame(rows))
+    # by hand: method = mean(.80, .82, .84) = .82 (the random rows' .50 would make it .66)
+    assert row["method_mean"] == pytest.approx(0.82) and row["control_mean"] == pytest.approx(0.50)
+    assert row["control_diff_mean"] == pytest.approx(0.32) and row["verdict"] == "holds"
+    committed = {c["id"]: c for c in load_claims(ROOT / "config" / "published" / "claims.yaml")}
+    assert committed["patchcore_beats_simclr_mahalanobis"]["control"] == {"scorer": "patchcore", "features": "random"}
+    assert committed["ddad_beats_patchcore"]["control"] == {"scorer": "ddad", "features": "random"}
+    assert committed["supervised_weights_beat_average"]["control"] == {"weighting": "supervised", "features": "random"}
+
+
+def test_published_comparisons_leave_out_control_rows_unless_they_name_features():
+    ours = pd.DataFrame([{"dataset": "mt", "seed": s, "protocol": "clean", "scorer": "patchcore", "features": f,
+                          "image_auroc": v} for s in range(2) for f, v in (("lite0", .9), ("random", .5))])
+    pub = {c: "" for c in tables.PUBLISHED_COLUMNS}
+    pub.update(paper="p", table="anomaly", dataset_published="x", paper_dataset="mvtec_ad/*", scorer="patchcore",
+               metric="image_auroc", value=0.99)
+    out = tables.compare_published(pd.DataFrame([pub]), {"anomaly": ours}, {"mt": "mvtec_ad/bottle"})
+    assert out["ours"].tolist() == [pytest.approx(0.9)] and out["n_jobs"].tolist() == [2]
+    on_random = tables.compare_published(pd.DataFrame([{**pub, "features": "random"}]), {"anomaly": ours},
+                                         {"mt": "mvtec_ad/bottle"})
+    assert on_random["ours"].tolist() == [pytest.approx(0.5)]

@@ -93,3 +93,34 @@ def test_best_label_free_encoder_vs_its_random_control_is_computed_from_the_clai
     line = reference.best_vs_control_section(evaluate_claims(claims, {"classification": pd.DataFrame(rows)}))
     assert "simclr (0.753 over 3 seeds), does **not** beat random-init features (0.810)" in line
     assert line.endswith("(**does not hold**).")
+
+
+def test_random_init_rows_of_patchcore_ddad_and_clustering_are_shown_as_controls(tmp_path):
+    """The random-init backbone's rows: their own anomaly rows (features random), never in the
+    PatchCore / DDAD numbers beside the papers', and listed apart after clustering's main rows."""
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    lite = "efficientnet_lite0"
+    anomaly = pd.DataFrame(
+        [{"dataset": "magnetic_tile", "scorer": sc, "features": f, "backbone": lite, "seed": s, "image_auroc": v + .02 * s}
+         for s in range(3) for sc, f, v in (("patchcore", lite, .80), ("patchcore", "random", .50),
+                                             ("ddad", lite, .60), ("ddad", "random", .40))])
+    anomaly.to_parquet(tables_dir / "anomaly.parquet")
+    clustering = pd.DataFrame(
+        [{"dataset": "magnetic_tile", "weighting": "average", "features": f, "backbone": b, "seed": s,
+          "nmi": v + step * s, "ari": .1, "f1": .4}
+         for s in range(3) for f, b, v, step in ((lite, lite, .30, .1), ("random", lite, .10, .1), ("oracle", None, 1.0, 0))])
+    clustering.to_parquet(tables_dir / "clustering.parquet")
+    rows = [line.split(" | ") for line in reference.anomaly_section(tables_dir).splitlines()[2:]]
+    # by hand: mean of v, v + .02, v + .04 = v + .02, sample std .02
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        ("PatchCore", lite, "0.820 ± 0.020"), ("PatchCore", "random", "0.520 ± 0.020"),
+        ("DDAD", lite, "0.620 ± 0.020"), ("DDAD", "random", "0.420 ± 0.020")]
+    assert reference._anomaly_ours(anomaly, "magnetic_tile", {"scorer": "patchcore"}, "image_auroc") == pytest.approx(.82)
+    assert reference._anomaly_ours(anomaly, "magnetic_tile", {"scorer": "ddad"}, "image_auroc") == pytest.approx(.62)
+    lines = reference.clustering_section(tables_dir).splitlines()[2:]
+    nmi = [line for line in lines if "| NMI |" in line]
+    # main rows: the real features only (.30, .40, .50 -> 0.400 ± 0.100); then oracle, then random init
+    assert "| average | NMI | 0.400 ± 0.100 |" in nmi
+    assert nmi[-2:] == ["| average, oracle features (positive control) | NMI | 1.000 ± 0.000 |",
+                        f"| average, random-init {lite} features (random-init control) | NMI | 0.200 ± 0.100 |"]

@@ -12,8 +12,9 @@ The rule (``RULE``), for one claim on one dataset:
    ``where`` says otherwise), filtered by ``where`` and then by each side's own filters
    (a side's filter overrides ``where`` for the same column). Budget-curve points (rows with a
    ``budget_epochs``) count only for a claim that filters on ``budget_epochs``: they are other
-   budgets of the same method; positive-control rows (``features: oracle``) only for a claim that
-   filters on ``features``. Per seed, a side's value is the mean of its matching rows.
+   budgets of the same method; control rows (``features`` ``oracle``, the positive control, or
+   ``random``, a random-init control: ``tables.CONTROL_FEATURES``) only for a side that filters on
+   ``features``. Per seed, a side's value is the mean of its matching rows.
 2. Paired over seeds: d_s = s · (method_s − baseline_s), s = +1 for ``direction: higher``,
    −1 for ``lower``, over the seeds both sides ran. With n ≥ 2 pairs, the one-sided 95%
    Student-t bounds are mean(d) ∓ t(0.95, n−1) · sd(d) / √n.
@@ -54,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from defectbench.runtime import DefectbenchError, write_parquet
-from defectbench.tables import STAGES, markdown_table, regenerate_markdown
+from defectbench.tables import STAGES, is_control_row, markdown_table, regenerate_markdown
 
 log = logging.getLogger("defectbench")
 
@@ -62,7 +63,6 @@ RULE = ("paired over seeds: d = method − baseline (sign by direction); holds i
         "bound of mean(d) is > 0 and, where per-image files exist, the 5th percentile of a paired bootstrap over test "
         "images is > 0; not testable if the method does not beat its control by the seed rule, or < 2 paired seeds")
 N_BOOT = 1000
-POSITIVE_CONTROL_FEATURES = ("oracle",)  # rows that must score perfectly (clustering.controls): never a side
 BOOTSTRAP_METRICS = ("accuracy", "image_auroc")
 CLAIM_KEYS = {"id", "paper", "claim", "table", "datasets", "metric", "direction", "method", "baseline", "control",
               "where", "note"}
@@ -119,8 +119,8 @@ def _side_rows(table: pd.DataFrame, dataset: str, metric: str, filters: Mapping[
     rows = table[table["dataset"].astype("string") == dataset]
     if "budget_epochs" in rows.columns and "budget_epochs" not in filters:
         rows = rows[rows["budget_epochs"].isna()]
-    if "features" in rows.columns and "features" not in filters:  # a positive control is no method's row
-        rows = rows[~rows["features"].astype("string").isin(POSITIVE_CONTROL_FEATURES).fillna(False).astype(bool)]
+    if "features" not in filters:  # a control is no method's row
+        rows = rows[~is_control_row(rows)]
     for col, want in filters.items():
         if col not in rows.columns:
             return pd.Series(dtype=float)

@@ -24,7 +24,7 @@ import pandas as pd
 from defectbench import registry
 from defectbench.claims import claims_table_markdown
 from defectbench.runtime import DefectbenchError, atomic_path
-from defectbench.tables import format_stat, markdown_table, seed_stats
+from defectbench.tables import format_stat, is_control_row, markdown_table, seed_stats
 
 CONTRASTIVE_ORDER = registry.names("contrastive_methods")
 ANOMALY_DATASETS = ["magnetic_tile", "elpv"]
@@ -46,7 +46,9 @@ ANOMALY_PAPERS = [
 ]
 CLUSTERING_PAPER = ("anomaly_clustering", r"MVTec AD texture categories", "Anomaly Clustering WideResNet50, {} weights")
 WEIGHTINGS = registry.names("clustering_weightings")
-CLUSTERING_CONTROLS = ["oracle"]
+# How the clustering section names a control's rows (features -> label; {backbone}: the network).
+CLUSTERING_CONTROL_LABELS = {"oracle": "oracle features (positive control)",
+                             "random": "random-init {backbone} features (random-init control)"}
 
 
 def _delta(ours: float, paper: float) -> str:
@@ -165,7 +167,9 @@ def supervised_vs_simclr_section(tables_dir: Path) -> str:
 
 
 def anomaly_section(tables_dir: Path) -> str:
-    """Every scorer on each anomaly dataset (mean ± std over seeds)."""
+    """Every scorer on each anomaly dataset (mean ± std over seeds); controls are rows of their own
+    (features ``random``: the image-level scorers' random-init features and the random-init
+    backbone of PatchCore / DDAD; ``pretrained``: the scorers' ImageNet features)."""
     df = _read(tables_dir, "anomaly")
     metrics = [("image_auroc", "image AUROC"), ("image_auprc", "image AUPRC"), ("pixel_auroc", "pixel AUROC"),
                ("pro", "PRO (FPR ≤ 0.3)"), ("f1", "F1 @ threshold"), ("f1_max_oracle", "F1-max (oracle)")]
@@ -187,6 +191,8 @@ def anomaly_section(tables_dir: Path) -> str:
 
 def _anomaly_ours(df: pd.DataFrame, dataset: str, filters: dict[str, str], metric: str) -> float:
     mask = df["dataset"] == dataset
+    if "features" not in filters:  # PatchCore's or DDAD's random-init rows are no paper's method
+        mask &= ~is_control_row(df)
     for col, want in filters.items():
         mask &= df[col] == want
     return seed_stats(df.loc[mask, metric])[0] if metric in df else math.nan
@@ -214,9 +220,10 @@ def anomaly_papers_section(tables_dir: Path) -> str:
 
 def clustering_section(tables_dir: Path) -> str:
     """Each α weighting on each dataset, beside the re-implementation's MVTec texture numbers; then
-    the positive control's rows (features ``oracle``), which a working stage scores 1.000."""
+    the controls' rows: the positive control (features ``oracle``), which a working stage scores
+    1.000, and the random-init backbone (features ``random``)."""
     clustering = _read(tables_dir, "clustering")
-    is_control = clustering["features"].astype("string").isin(CLUSTERING_CONTROLS).fillna(False).astype(bool)
+    is_control = is_control_row(clustering)
     ours, controls = clustering[~is_control], clustering[is_control]
     comparison, dataset_re, method_fmt = CLUSTERING_PAPER
     # the re-implementation's numbers are there when a dataset of the run declares an MVTec paper_dataset
@@ -241,9 +248,11 @@ def clustering_section(tables_dir: Path) -> str:
             rows.append(label + [format_stat(paper, digits=3)]
                         + [f"{c} ({_delta(m, paper)})" for c, m in zip(cells, means)])
     for (features, w), g in controls.groupby(["features", "weighting"], sort=True):
+        backbones = sorted(g["backbone"].dropna().unique()) if "backbone" in g else []
+        label = CLUSTERING_CONTROL_LABELS[features].format(backbone="/".join(backbones) or "backbone")
         for metric in ("nmi", "ari", "f1"):
             cells = [format_stat(*seed_stats(g[g["dataset"] == d][metric])[:2], digits=3) for d in datasets]
-            rows.append([f"{w}, {features} features (positive control)", metric.upper() if metric != "f1" else "F1",
+            rows.append([f"{w}, {label}", metric.upper() if metric != "f1" else "F1",
                          *(["—"] if comp is not None else []), *cells])
     return markdown_table(header, rows)
 

@@ -103,6 +103,17 @@ PUBLISHED_COLUMNS: list[str] = [
 ]
 # Published-row columns that filter our rows (empty = any value).
 FILTER_COLUMNS: list[str] = ["method", "backbone", "labels_pct", "scorer", "features", "weighting"]
+# Features of control rows: the clustering positive control (``oracle``) and the random-init
+# control (``random``: the image-level scorers' feature source, patchcore/ddad/clustering.controls).
+# They are no method's rows: a filter matches them only when it names ``features``.
+CONTROL_FEATURES: tuple[str, ...] = ("oracle", "random")
+
+
+def is_control_row(rows: pd.DataFrame) -> pd.Series:
+    """True for the rows whose ``features`` is a control's (``CONTROL_FEATURES``)."""
+    if "features" not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return rows["features"].astype("string").isin(CONTROL_FEATURES).fillna(False).astype(bool)
 
 COMPARISON_COLUMNS: list[str] = [
     "paper", "table", "dataset_published", "dataset", "method_published", "method", "backbone",
@@ -318,7 +329,8 @@ def compare_published(
 
     Matching: the declared ``paper_dataset`` of our row's dataset (``paper_datasets``: name ->
     paper dataset) matches the published ``paper_dataset`` pattern and every non-empty filter
-    column (``FILTER_COLUMNS``) equals ours. ``delta = ours - published``.
+    column (``FILTER_COLUMNS``) equals ours; control rows (:func:`is_control_row`) only when the
+    published row names ``features``. ``delta = ours - published``.
     """
     out: list[dict[str, Any]] = []
     for _, pub in published.iterrows():
@@ -334,6 +346,8 @@ def compare_published(
             out.append(_no_value(base, notes + ["no run of this configuration"]))
             continue
         mask = _dataset_matches(ours["dataset"].map(lambda n: paper_datasets.get(n)), pub["paper_dataset"])
+        if not pub["features"]:
+            mask &= ~is_control_row(ours)
         for col in FILTER_COLUMNS:
             if pub[col]:
                 mask &= _filter_matches(ours, col, pub[col], pub["table"])
