@@ -14,9 +14,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from magnetic_tile_fixture import write_magnetic_tile  # noqa: E402
 
+from job_cfg import job_cfg  # noqa: E402
+
 from defectbench.clustering import (  # noqa: E402
     image_embeddings,
     oracle_patch_embeddings,
+    patch_embedder,
     patch_weights,
     run_clustering,
     supervised_distances,
@@ -151,6 +154,37 @@ def test_oracle_control_clusters_real_tiles_perfectly_by_the_same_stage(tmp_path
                        assignments_paths={"average": out / "x.parquet"},
                        cfg={**cfg, "patchcore": {"backbone": "resnet18"}}, dataset="mt", seed=0,
                        features="wide_resnet50_2")
+
+
+def test_random_init_control_embeds_with_the_untrained_backbone_and_says_so(tmp_path):
+    """clustering.controls: [random]: the cluster job of features 'random' (params from the real
+    params layer) embeds with EfficientNet-Lite0 at random init, not its package weights, and its
+    rows say features 'random', backbone efficientnet_lite0."""
+    paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
+    sections = {"patchcore": {"backbone": "efficientnet_lite0", "pretrained": "package", "batch_size": 8},
+                "clustering": {"weightings": ["average"], "pretrain_dim": 32, "target_dim": 32,
+                               "controls": ["oracle", "random"]}}
+    from defectbench.data.cache import SplitCache
+
+    data = SplitCache(paths["clustering"], paths["cache"])
+    rows = data.split[data.split["subset"] == "test"].head(4)
+    embedded, saved = {}, {}
+    for features in ("efficientnet_lite0", "random"):
+        cfg = job_cfg("cluster", sections, features=features, seed=0)
+        embed = patch_embedder(features, cfg, n_labels=6, seed=0, device=torch.device("cpu"))
+        embedded[features] = embed(data, rows, rows["label"].to_numpy(), 0)
+        out = tmp_path / features
+        run_clustering(cache_path=paths["cache"], manifest_path=paths["manifest"], split_path=paths["clustering"],
+                       reference_split_path=None, metrics_paths={"average": out / "m.json"},
+                       assignments_paths={"average": out / "a.parquet"}, cfg=cfg, dataset="mt", seed=0,
+                       features=features)
+        saved[features] = json.loads((out / "m.json").read_text())
+    assert saved["random"]["config"]["patchcore"]["pretrained"] == "none"
+    assert saved["efficientnet_lite0"]["config"]["patchcore"]["pretrained"] == "package"
+    assert (saved["random"]["features"], saved["random"]["backbone"]) == ("random", "efficientnet_lite0")
+    assert saved["efficientnet_lite0"]["backbone"] == "efficientnet_lite0"
+    assert embedded["random"].shape == embedded["efficientnet_lite0"].shape
+    assert not torch.allclose(embedded["random"], embedded["efficientnet_lite0"])
 
 
 def test_clustering_cap_draws_per_label_and_is_seeded(tmp_path):

@@ -200,6 +200,35 @@ def test_patchcore_end_to_end_on_real_magnetic_tiles(tmp_path):
         np.quantile(scores.loc[scores["subset"] == "holdout", "score"], 0.95))
 
 
+def test_random_init_control_runs_the_same_backbone_untrained_and_says_so(tmp_path):
+    """patchcore.controls: [random]: the job of wildcard 'random' (its params from the real params
+    layer) runs EfficientNet-Lite0 at random init; its row says features 'random', backbone lite0,
+    and its scores differ from the package-weights job's on the same images."""
+    paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
+    section = {"backbone": "efficientnet_lite0", "pretrained": "package", "pretrain_dim": 32, "target_dim": 32,
+               "coreset_ratio": 0.25, "projection_dim": 16, "batch_size": 8, "controls": ["random"]}
+    saved, scores = {}, {}
+    for wildcard in ("efficientnet_lite0", "random"):
+        out = tmp_path / wildcard
+        run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=paths["anomaly"],
+                      metrics_path=out / "metrics.json", scores_path=out / "scores.parquet", maps_path=out / "maps.npy",
+                      cfg=job_cfg("patchcore", {"patchcore": section}, backbone=wildcard), dataset="mt", seed=0,
+                      features=wildcard)
+        saved[wildcard] = json.loads((out / "metrics.json").read_text())
+        scores[wildcard] = pd.read_parquet(out / "scores.parquet")["score"].to_numpy()
+    main, control = saved["efficientnet_lite0"], saved["random"]
+    assert (main["features"], main["backbone"]) == ("efficientnet_lite0", "efficientnet_lite0")
+    assert (control["features"], control["backbone"]) == ("random", "efficientnet_lite0")
+    assert main["config"]["patchcore"]["pretrained"] == "package" and control["config"]["patchcore"]["pretrained"] == "none"
+    assert scores["random"].shape == scores["efficientnet_lite0"].shape
+    assert not np.allclose(scores["random"], scores["efficientnet_lite0"])
+    with pytest.raises(DefectbenchError, match="features 'resnet18'"):
+        run_patchcore(cache_path=paths["cache"], masks_path=paths["masks"], split_path=paths["anomaly"],
+                      metrics_path=tmp_path / "x.json", scores_path=tmp_path / "x.parquet", maps_path=tmp_path / "x.npy",
+                      cfg=job_cfg("patchcore", {"patchcore": section}, backbone="resnet18"), dataset="mt", seed=0,
+                      features="resnet18")
+
+
 def test_bad_split_is_a_one_line_error(tmp_path):
     paths = write_magnetic_tile(tmp_path / "data", n_free=16, n_per_defect=3, size=64)
     split = pd.read_parquet(paths["anomaly"])
