@@ -148,7 +148,8 @@ def _set(*path_value):
 E = dict(dataset="elpv", backbone="resnet18", seed=0)
 PRE = dict(task="classification", **E)
 LITE = {**E, "backbone": "efficientnet_lite0"}  # the backbone of the package weights
-# Ordered so that the grid grows late (each run stays small): 12 edits, about 40 jobs in all.
+RANDOM = {**E, "backbone": "random"}  # PatchCore's random-init control
+# Ordered so that the grid grows late (each run stays small): 13 edits, about 45 jobs in all.
 SCENARIOS = {
     "unchanged config": (lambda p: None, set()),
     "parameter of a method not in the grid": (_set("contrastive", "method_params", {"gca": {"epsilon": 0.3}}), set()),
@@ -163,6 +164,10 @@ SCENARIOS = {
                                         pretrained_backbones=["efficientnet_lite0"]),
         {job("linear_probe", method="pretrained", **LITE), *REPORT}),
     "patchcore.coreset_ratio": (_set("patchcore", "coreset_ratio", 0.2), {job("patchcore", **E), *REPORT}),
+    # the controls lists only decide which jobs exist: the main patchcore and cluster jobs stay
+    "add the random-init controls": (
+        lambda p: (p.cfg["patchcore"].update(controls=["random"]), p.cfg["clustering"].update(controls=["random"])),
+        {job("patchcore", **RANDOM), job("cluster", features="random", dataset="elpv", seed=0), *REPORT}),
     "add a scorer": (
         _set("anomaly", "scorers", lambda s: s + ["mahalanobis"]),
         {job("score_anomaly", features="simclr", dataset="elpv", seed=0), *REPORT}),
@@ -172,7 +177,7 @@ SCENARIOS = {
     "edit metrics/anomaly.py": (
         lambda p: p.edit_library("metrics/anomaly.py"),
         {job("score_anomaly", features="simclr", dataset="elpv", seed=0),
-         job("anomaly_features", features="simclr", **E), job("patchcore", **E),
+         job("anomaly_features", features="simclr", **E), job("patchcore", **E), job("patchcore", **RANDOM),
          *(job("linear_probe", method=m, **E) for m in ("simclr", "supcon", "random")),
          job("linear_probe", method="pretrained", **LITE), job("train_supervised", pct=100, **E), *REPORT}),
     "edit ssl/losses.py": (
@@ -201,7 +206,8 @@ SCENARIOS = {
          job("pretrain_contrastive", method="simclr", task="anomaly", **{**E, "dataset": "elpv_anomaly"}),
          job("anomaly_features", features="simclr", **{**E, "dataset": "elpv_anomaly"}),
          job("score_anomaly", features="simclr", dataset="elpv_anomaly", seed=0),
-         job("patchcore", **{**E, "dataset": "elpv_anomaly"}), *REPORT}),
+         job("patchcore", **{**E, "dataset": "elpv_anomaly"}), job("patchcore", **{**RANDOM, "dataset": "elpv_anomaly"}),
+         *REPORT}),
 }
 # "add a seed" is checked on the job list only (planned = run): its real run is every job of the grid again.
 
