@@ -236,17 +236,16 @@ def clustering_section(tables_dir: Path) -> str:
     for w in WEIGHTINGS:
         for metric in ("nmi", "ari", "f1"):
             label = [w, metric.upper() if metric != "f1" else "F1"]
-            cells = [format_stat(*seed_stats(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])[:2], digits=3)
-                     for d in datasets]
+            stats = [seed_stats(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric]) for d in datasets]
+            cells = [format_stat(*st[:2], digits=3) for st in stats]
             if comp is None:
                 rows.append(label + cells)
                 continue
             pub = comp[(comp["method_published"] == method_fmt.format(w)) & comp["dataset_published"].str.match(dataset_re)]
             p = pub[pub["metric"] == metric]["published"]
             paper = float(p.mean()) if len(p) else math.nan
-            means = [seed_stats(ours[(ours["dataset"] == d) & (ours["weighting"] == w)][metric])[0] for d in datasets]
             rows.append(label + [format_stat(paper, digits=3)]
-                        + [f"{c} ({_delta(m, paper)})" for c, m in zip(cells, means)])
+                        + [f"{c} ({_delta(st[0], paper)})" for c, st in zip(cells, stats)])
     for (features, w), g in controls.groupby(["features", "weighting"], sort=True):
         backbones = sorted(g["backbone"].dropna().unique()) if "backbone" in g else []
         label = CLUSTERING_CONTROL_LABELS[features].format(backbone="/".join(backbones) or "backbone")
