@@ -217,3 +217,13 @@ def test_figures_rule_declares_every_kind_of_file_the_figures_read(tmp_path: Pat
             f"{data}/masks-32.npy"} <= set(inputs)
     assert {f"results/tables/{name}.parquet" for name in figures.TABLES} <= set(inputs)
     assert "metrics.json" not in names  # thresholds come from the anomaly table
+
+
+def test_anomaly_row_labels_name_each_value_once():
+    cols = ("scorer", "features", "backbone")
+    # PatchCore's features and backbone are the same name; its random-init control says 'random' first
+    assert figures._label({"scorer": "patchcore", "features": "efficientnet_lite0", "backbone": "efficientnet_lite0"},
+                          cols) == "patchcore / efficientnet_lite0"
+    assert figures._label({"scorer": "patchcore", "features": "random", "backbone": "efficientnet_lite0"},
+                          cols) == "patchcore / random / efficientnet_lite0"
+    assert figures._label({"scorer": "knn", "features": "simclr", "backbone": float("nan")}, cols) == "knn / simclr"

@@ -473,7 +473,10 @@ def _largest_fraction(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _label(row: Mapping[str, Any], cols: Iterable[str]) -> str:
-    return " / ".join(str(row[c]) for c in cols if c in row and isinstance(row[c], str) and row[c])
+    """The row's non-empty text values of ``cols``, each once (PatchCore's features and backbone are
+    both the backbone's name, its random-init control's 'random' then the name)."""
+    values = [row[c] for c in cols if c in row and isinstance(row[c], str) and row[c]]
+    return " / ".join(dict.fromkeys(values))
 
 
 def _threshold(row: Mapping[str, Any]) -> float | None:
