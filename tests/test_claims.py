@@ -208,7 +208,7 @@ def test_reference_readme_leads_with_the_claims_table_once_a_run_has_one(tmp_pat
     for parquet in committed.glob("*.parquet"):
         if parquet.stem != "claims":
             (tables_dir / parquet.name).write_bytes(parquet.read_bytes())
-    for stage, column in (("classification", "method"), ("anomaly", "features")):
+    for stage, column in (("classification", "method"), ("anomaly", "features"), ("clustering", "features")):
         df = pd.read_parquet(tables_dir / f"{stage}.parquet")
         df[df[column].astype("string") != "random"].to_parquet(tables_dir / f"{stage}.parquet")
     assert "claims" not in reference.render_sections(tables_dir)
@@ -331,7 +331,7 @@ def test_reference_clustering_section_shows_the_oracle_control_apart(tmp_path):
     for parquet in committed.glob("*.parquet"):
         (tables_dir / parquet.name).write_bytes(parquet.read_bytes())
     clustering = pd.read_parquet(tables_dir / "clustering.parquet")
-    clustering = clustering[clustering["features"].astype("string") != "oracle"]
+    clustering = clustering[~tables.is_control_row(clustering)]  # the real-feature rows only
     clustering.to_parquet(tables_dir / "clustering.parquet")
     before = reference.clustering_section(tables_dir)
     oracle = clustering.copy()
@@ -394,3 +394,17 @@ def test_published_comparisons_leave_out_control_rows_unless_they_name_features(
     on_random = tables.compare_published(pd.DataFrame([{**pub, "features": "random"}]), {"anomaly": ours},
                                          {"mt": "mvtec_ad/bottle"})
     assert on_random["ours"].tolist() == [pytest.approx(0.5)]
+
+
+def test_published_comparisons_leave_out_budget_curve_points():
+    # the main grid's SimCLR (0.85, 0.87) and two budget points of it (0.70, 0.72): the paper's one
+    # number stands beside the main grid only (it was 0.785 with the points averaged in)
+    ours = pd.DataFrame([{"dataset": "neu", "seed": s, "protocol": "clean", "method": "simclr", "labels_pct": 100.0,
+                          "budget_epochs": e, "accuracy": v}
+                         for s, (main, point) in enumerate([(.85, .70), (.87, .72)])
+                         for e, v in ((None, main), (5.0, point))])
+    pub = {c: "" for c in tables.PUBLISHED_COLUMNS}
+    pub.update(paper="p", table="classification", dataset_published="NEU-CLS", paper_dataset="neu_cls", method="simclr",
+               labels_pct=100, metric="accuracy", value=0.96)
+    out = tables.compare_published(pd.DataFrame([pub]), {"classification": ours}, {"neu": "neu_cls"})
+    assert out["ours"].tolist() == [pytest.approx(0.86)] and out["n_jobs"].tolist() == [2]

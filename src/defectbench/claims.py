@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from defectbench.runtime import DefectbenchError, write_parquet
-from defectbench.tables import STAGES, is_control_row, markdown_table, regenerate_markdown
+from defectbench.tables import STAGES, is_budget_point, is_control_row, markdown_table, regenerate_markdown
 
 log = logging.getLogger("defectbench")
 
@@ -117,8 +117,8 @@ def load_claims(path: str | Path) -> list[dict[str, Any]]:
 def _side_rows(table: pd.DataFrame, dataset: str, metric: str, filters: Mapping[str, Any]) -> pd.DataFrame:
     """The rows of ``dataset`` matching ``filters`` (column == value) that have ``metric``."""
     rows = table[table["dataset"].astype("string") == dataset]
-    if "budget_epochs" in rows.columns and "budget_epochs" not in filters:
-        rows = rows[rows["budget_epochs"].isna()]
+    if "budget_epochs" not in filters:
+        rows = rows[~is_budget_point(rows)]
     if "features" not in filters:  # a control is no method's row
         rows = rows[~is_control_row(rows)]
     for col, want in filters.items():

@@ -24,7 +24,7 @@ import pandas as pd
 from defectbench import registry
 from defectbench.claims import claims_table_markdown
 from defectbench.runtime import DefectbenchError, atomic_path
-from defectbench.tables import format_stat, is_control_row, markdown_table, seed_stats
+from defectbench.tables import format_stat, is_budget_point, is_control_row, markdown_table, seed_stats
 
 CONTRASTIVE_ORDER = registry.names("contrastive_methods")
 ANOMALY_DATASETS = ["magnetic_tile", "elpv"]
@@ -65,7 +65,7 @@ def _read(tables_dir: Path, name: str) -> pd.DataFrame:
 def _without_budget_points(df: pd.DataFrame) -> pd.DataFrame:
     """The classification rows of the run's own budget: a budget curve's points (rows with a
     ``budget_epochs``) are the same method at other budgets and have a figure of their own."""
-    return df[df["budget_epochs"].isna()] if "budget_epochs" in df.columns else df
+    return df[~is_budget_point(df)]
 
 
 def diffcl_section(tables_dir: Path, comparison: str) -> str:

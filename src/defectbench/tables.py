@@ -109,6 +109,14 @@ FILTER_COLUMNS: list[str] = ["method", "backbone", "labels_pct", "scorer", "feat
 CONTROL_FEATURES: tuple[str, ...] = ("oracle", "random")
 
 
+def is_budget_point(rows: pd.DataFrame) -> pd.Series:
+    """True for the budget curve's rows (``budget_epochs`` set): the same method at other budgets
+    than the run's own, so no published number or claim side stands for them unless it says so."""
+    if "budget_epochs" not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return rows["budget_epochs"].notna()
+
+
 def is_control_row(rows: pd.DataFrame) -> pd.Series:
     """True for the rows whose ``features`` is a control's (``CONTROL_FEATURES``)."""
     if "features" not in rows.columns:
@@ -330,7 +338,8 @@ def compare_published(
     Matching: the declared ``paper_dataset`` of our row's dataset (``paper_datasets``: name ->
     paper dataset) matches the published ``paper_dataset`` pattern and every non-empty filter
     column (``FILTER_COLUMNS``) equals ours; control rows (:func:`is_control_row`) only when the
-    published row names ``features``. ``delta = ours - published``.
+    published row names ``features``; budget-curve points (:func:`is_budget_point`) never.
+    ``delta = ours - published``.
     """
     out: list[dict[str, Any]] = []
     for _, pub in published.iterrows():
@@ -346,6 +355,7 @@ def compare_published(
             out.append(_no_value(base, notes + ["no run of this configuration"]))
             continue
         mask = _dataset_matches(ours["dataset"].map(lambda n: paper_datasets.get(n)), pub["paper_dataset"])
+        mask &= ~is_budget_point(ours)
         if not pub["features"]:
             mask &= ~is_control_row(ours)
         for col in FILTER_COLUMNS:
