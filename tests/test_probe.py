@@ -215,6 +215,32 @@ def test_probe_records_what_ran_and_rejects_mismatched_outputs(tmp_path, one_tor
                          method="random", backbone="resnet18", seed=0)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_encoder_file_round_trip_and_refusals(tmp_path, name):
+    """load_encoder builds the network on the meta device and fills it from the file: same outputs
+    as the saved module, no tensor left unfilled, and a file that does not fit is refused."""
+    from defectbench.models.encoders import load_encoder, save_encoder
+    from defectbench.runtime import save_torch
+
+    torch.manual_seed(0)
+    net, dim = build_backbone(name)
+    net.eval()
+    save_encoder(tmp_path / "encoder.pt", net, name, dim, 32)
+    enc, got_dim, meta = load_encoder(tmp_path / "encoder.pt", CPU)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(enc(x), net(x))
+    assert got_dim == dim and meta["backbone"] == name and not enc.training
+    assert not any(t.is_meta for t in [*enc.parameters(), *enc.buffers()])
+    record = load_torch(tmp_path / "encoder.pt")
+    first = next(iter(record["state_dict"]))
+    for broken in ({**record["state_dict"], first: torch.zeros(3)},  # wrong shape
+                   {k: v for k, v in record["state_dict"].items() if k != first}):  # tensor missing
+        save_torch(tmp_path / "bad.pt", {**record, "state_dict": broken})
+        with pytest.raises(DefectbenchError, match=f"bad.pt: weights do not fit backbone {name}"):
+            load_encoder(tmp_path / "bad.pt", CPU)
+
+
 def test_random_control_is_drawn_from_the_experiment_seed():
     from defectbench.features import load_feature_source
     from defectbench.runtime import seed_everything

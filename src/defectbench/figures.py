@@ -398,6 +398,17 @@ class _Results:
         self.budget = cls[in_budget]
         self.tables["classification"] = cls[~in_budget]
         self._images: dict[str, np.ndarray | None] = {}
+        self._encoders: dict[Path, Any] = {}
+
+    def encoder(self, path: Path) -> "torch.nn.Module":  # noqa: F821
+        """The encoder file at ``path`` on the CPU, loaded once per run (Grad-CAM and t-SNE share it)."""
+        if path not in self._encoders:
+            import torch
+
+            from defectbench.models.encoders import load_encoder
+
+            self._encoders[path] = load_encoder(str(path), torch.device("cpu"))[0]
+        return self._encoders[path]
 
     @staticmethod
     def _table(path: Path) -> pd.DataFrame:
@@ -527,10 +538,8 @@ def _confusion_and_failures(res: _Results, dataset: str, top: pd.DataFrame, out_
 def _classifier_for(res: _Results, row: Mapping[str, Any], figure: str) -> "torch.nn.Module | None":  # noqa: F821
     """Encoder + linear head of a probe (``probe.pt`` beside its metrics) or a supervised ``model.pt``;
     None for a probe of a control (a backbone with no encoder file to explain)."""
-    import torch
     from torch import nn
 
-    from defectbench.models.encoders import load_encoder
     from defectbench.runtime import load_torch
 
     if str(row["method"]) == "supervised":  # encoder.pt format + "head" {weight, bias}
@@ -542,7 +551,7 @@ def _classifier_for(res: _Results, row: Mapping[str, Any], figure: str) -> "torc
         encoder_path = res.file(head["encoder"], figure) if head and head.get("encoder") else None
     if head is None or encoder_path is None:
         return None
-    encoder, _, _ = load_encoder(str(encoder_path), torch.device("cpu"))
+    encoder = res.encoder(encoder_path)
     linear = nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
     linear.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
     return nn.Sequential(encoder, linear).eval()
@@ -679,7 +688,6 @@ def _tsne_figure(res: _Results, dataset: str, rows: pd.DataFrame, out_dir: Path,
     import torch
 
     from defectbench.features import extract_features
-    from defectbench.models.encoders import load_encoder
 
     png = figure_path(out_dir, "tsne", dataset)
     seed = int(rows["seed"].min())
@@ -696,8 +704,7 @@ def _tsne_figure(res: _Results, dataset: str, rows: pd.DataFrame, out_dir: Path,
         path = res.job_file(row, JOB_FILES["encoder"], png.name)
         if path is None:
             continue
-        module, _, _ = load_encoder(str(path), torch.device("cpu"))
-        feats = extract_features(module, np.ascontiguousarray(images[picks]), torch.device("cpu"), batch_size=128)
+        feats = extract_features(res.encoder(path), np.ascontiguousarray(images[picks]), torch.device("cpu"), batch_size=128)
         embeddings.append((_label(row, ("method", "backbone")), feats))
     return plot_tsne(embeddings, test["label"].to_numpy(int), res.class_names(dataset, png.name),
                      f"{dataset}: t-SNE of test-image features (seed {seed})", png)
