@@ -31,6 +31,35 @@ sys.path.insert(0, str(SAMPLE))
 from make_sample import ARCHIVES as FULL_ARCHIVE_SHA256  # noqa: E402  (the sample's cutter knows the archives)
 
 
+# Snakemake imports every installed executor plugin when it starts, and the Slurm one (the `slurm`
+# extra, which CI installs for tests/test_slurm.py) then runs `scontrol show config`: where the Slurm
+# client is installed but no controller runs, that waits MessageTimeout - 1 seconds (9 s by
+# default) in every `snakemake` call. Only tests/test_slurm.py talks to Slurm (through
+# :func:`real_slurm_conf`); every other process of the suite reads a Slurm config whose controller
+# fails at once.
+REAL_SLURM_CONF = os.environ.get("SLURM_CONF")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_slurm_probe_stall(tmp_path_factory):
+    conf = tmp_path_factory.mktemp("slurm") / "slurm.conf"
+    conf.write_text("ClusterName=none\nSlurmctldHost=localhost\nMessageTimeout=1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(conf))
+        yield
+
+
+@pytest.fixture(scope="module")
+def real_slurm_conf():
+    """The Slurm config the suite was started with (tests that submit to a real Slurm)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if REAL_SLURM_CONF is None:
+            mp.delenv("SLURM_CONF", raising=False)
+        else:
+            mp.setenv("SLURM_CONF", REAL_SLURM_CONF)
+        yield
+
+
 def skip_unless_ci(reason: str) -> None:
     """Skip with a one-line ``reason``; under ``CI`` (set, not 0/false) fail instead: CI runs every test."""
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):

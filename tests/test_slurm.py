@@ -141,7 +141,7 @@ def _slurm_up() -> bool:
 
 
 @pytest.fixture(scope="module")
-def slurm():
+def slurm(real_slurm_conf):
     """A running local Slurm; started here (and stopped afterwards) when it was not running."""
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         if os.environ.get("CI") == "true":

@@ -190,8 +190,8 @@ def plot_budget_curves(budget: pd.DataFrame, main: pd.DataFrame, out_dir: Path, 
     """One PNG per dataset: ``metric`` of the probe (all labels) vs the pretraining optimiser steps,
     one line per method and image size (points labelled with their epochs). From ``main`` (the
     run's other classification rows, 100% labels): each curve method's main-grid run as an open
-    marker at its own steps, and the random-init control and the supervised baseline as dashed
-    lines, so a point below the control is visible as such."""
+    marker at its own steps, the random-init control as a dashed and the supervised baseline as a
+    dotted grey line, so a point below the control is visible as such."""
     points = budget_points(budget, metric)
     if points.empty:
         return []
