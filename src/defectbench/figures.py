@@ -704,7 +704,8 @@ def _tsne_figure(res: _Results, dataset: str, rows: pd.DataFrame, out_dir: Path,
         path = res.job_file(row, JOB_FILES["encoder"], png.name)
         if path is None:
             continue
-        feats = extract_features(res.encoder(path), np.ascontiguousarray(images[picks]), torch.device("cpu"), batch_size=128)
+        feats = extract_features(res.encoder(path), np.ascontiguousarray(images[picks]), torch.device("cpu"),
+                                 batch_size=128)
         embeddings.append((_label(row, ("method", "backbone")), feats))
     return plot_tsne(embeddings, test["label"].to_numpy(int), res.class_names(dataset, png.name),
                      f"{dataset}: t-SNE of test-image features (seed {seed})", png)

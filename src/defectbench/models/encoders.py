@@ -50,7 +50,7 @@ def load_encoder(path: str | Path, device: torch.device) -> tuple[nn.Module, int
     except (KeyError, TypeError):
         raise DefectbenchError(f"{path}: not an encoder file (needs backbone, feature_dim, state_dict)") from None
     # built on the meta device and filled with the file's tensors (assign): no random init of
-    # weights that the file replaces at once (0.14 s for a ResNet-18, ~1 s for a WRN-50-2)
+    # weights that the file replaces at once (a ResNet-18 loads in 0.05 s instead of 0.14 s)
     with torch.device("meta"):
         module, built_dim = build_backbone(name, "none")
     if built_dim != dim:
