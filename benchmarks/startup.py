@@ -80,6 +80,12 @@ def cost(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def _shown(src: str) -> str:
+    """A source tree as the record names it: relative to the project when inside it (no machine paths)."""
+    path = Path(src)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else src
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=SRC")
@@ -129,7 +135,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/startup.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}).",
         machine_line(load_start, load_end) + " "
-        f"Variants: {', '.join(f'{n} = `{s}`' for n, s in variants.items())}. {args.repeats} interleaved rounds, medians.",
+        f"Variants: {', '.join(f'{n} = `{_shown(s)}`' for n, s in variants.items())}. {args.repeats} interleaved rounds, medians.",
         "",
         "## `python -c 'import <module>'`: CPU seconds (user + system; the load-independent figure)",
         "",
