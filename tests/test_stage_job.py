@@ -66,6 +66,28 @@ def test_stage_job_applies_the_deterministic_key_to_every_torch_stage():
         torch.use_deterministic_algorithms(False)
 
 
+def test_stage_job_start_up_leaves_torch_compiler_unloaded():
+    """A torch job without `deterministic` never calls torch.use_deterministic_algorithms (it
+    imports torch._inductor, torch._dynamo and sympy: 1.4 s of every job's start-up); with the key
+    the flag is on."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys, torch\n"
+            "from defectbench.runtime import stage_job\n"
+            "cfg = json.loads(sys.argv[1])\n"
+            "with stage_job(stage='anomaly', cfg=cfg, keys={}, seed=0):\n"
+            "    on = torch.are_deterministic_algorithms_enabled()\n"
+            "print(json.dumps([on] + [m in sys.modules for m in ('torch._inductor', 'torch._dynamo', 'sympy')]))\n")
+    loaded = {}
+    for deterministic in (False, True):
+        cfg = {"device": "cpu", **({"deterministic": True} if deterministic else {})}
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, check=True)
+        loaded[deterministic] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded[False] == [False, False, False, False]
+    assert loaded[True][0] is True
+
+
 def test_stage_job_refuses_a_missing_cuda_device():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible here")

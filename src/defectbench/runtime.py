@@ -76,7 +76,10 @@ def set_deterministic(enabled: bool) -> None:
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(enabled)
+    # The call imports torch._inductor and with it torch._dynamo and sympy: 1.4 s of every job's
+    # start-up (benchmarks/results/startup.md). Off is torch's default, so only a change calls it.
+    if enabled or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(enabled)
 
 
 def autocast_context(device: "torch.device", amp: str | bool | None):  # noqa: F821

@@ -1,4 +1,4 @@
-"""Backbones: ResNet-18/50, WideResNet-50-2 (torchvision) and EfficientNet-Lite0 (timm layout).
+"""Backbones: ResNet-18/50, WideResNet-50-2 (torchvision layout) and EfficientNet-Lite0 (timm layout).
 
 Weights (``pretrained``):
 
@@ -31,18 +31,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _torchvision_model(name: str, pretrained: str) -> nn.Module:
-    import torchvision
+def _resnet(name: str, pretrained: str) -> nn.Module:
+    from defectbench.models.resnet import ResNet, torchvision_state_dict
 
-    ctor = getattr(torchvision.models, name)
-    weights = "DEFAULT" if pretrained == "torchvision" else None
-    try:
-        return ctor(weights=weights)
-    except Exception as exc:  # no cache and no internet
-        raise DefectbenchError(
-            f"pretrained: torchvision weights for {name} are not in the torch cache and cannot be downloaded "
-            f"({type(exc).__name__}); give a local state-dict path instead, or use 'none'"
-        ) from None
+    model = ResNet(name)
+    if pretrained == "torchvision":
+        try:
+            state = torchvision_state_dict(name)
+        except Exception as exc:  # no cache and no internet
+            raise DefectbenchError(
+                f"pretrained: torchvision weights for {name} are not in the torch cache and cannot be downloaded "
+                f"({type(exc).__name__}); give a local state-dict path instead, or use 'none'"
+            ) from None
+        model.load_state_dict(state)
+    return model
 
 
 def _efficientnet_lite0(pretrained: str) -> nn.Module:
@@ -61,7 +63,7 @@ def build_model(name: str, pretrained: str = "none") -> nn.Module:
     else:
         if pretrained == "package":
             raise DefectbenchError(f"pretrained: 'package' weights exist only for efficientnet_lite0, not {name}")
-        model = _torchvision_model(name, "none" if local else pretrained)
+        model = _resnet(name, "none" if local else pretrained)
     if local:
         load_state_dict_file(model, pretrained)
     return model
