@@ -5,6 +5,9 @@
 
 * Import: wall seconds of ``python -c 'import <module>'`` for the module each rule's script imports
   (a fresh process each time, so nothing is cached in memory except by the OS).
+* Torch job set-up: the import plus what every torch job does before its first batch: enter
+  ``stage_job`` (threads, device, seed, deterministic flag) and build its ResNet-18. Library calls
+  made here can import far more than the module did (torchvision imports torch._dynamo).
 * No-op job: a one-rule Snakefile whose script imports the score_anomaly stage module and returns.
   ``snakemake --cores 1`` is timed with --jobs no-op jobs and with none (every output present);
   the difference divided by the number of jobs is what each job adds: Snakemake's job set-up, the
@@ -51,6 +54,14 @@ STAGES = {
     "figures": "defectbench.figures",
     "track": "defectbench.tracking",
 }
+TORCH_SETUP = """
+from defectbench.ssl.pretrain import pretrain_contrastive
+from defectbench.models.backbones import build_backbone
+from defectbench.runtime import stage_job
+
+with stage_job(stage="pretraining", cfg={"device": "cpu"}, keys={}, seed=0):
+    build_backbone("resnet18")
+"""
 NOOP_SNAKEFILE = """
 rule all:
     input: expand("out/{{i}}.done", i=range({jobs}))
@@ -100,6 +111,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     imports: dict[tuple[str, str], list[tuple[float, float]]] = {}
     noop: dict[str, list[tuple[float, float]]] = {}
+    setup: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "Snakefile").write_text(NOOP_SNAKEFILE.format(jobs=args.jobs))
@@ -109,6 +121,7 @@ def main() -> None:
             for name, env in envs.items():
                 for stage, module in STAGES.items():
                     imports.setdefault((name, stage), []).append(cost([sys.executable, "-c", f"import {module}"], env))
+                setup.setdefault(name, []).append(cost([sys.executable, "-c", TORCH_SETUP], env))
                 shutil.rmtree(work / "out", ignore_errors=True)
                 with_jobs = cost(snakemake, env, work)
                 without = cost(snakemake, env, work)  # every output present: nothing to run
@@ -144,6 +157,13 @@ def main() -> None:
         "## The same, wall seconds (inflated by the machine's load)",
         "",
         *table(0),
+        "",
+        "## Torch job set-up: import `defectbench.ssl.pretrain`, enter `stage_job` (CPU, seed 0), build ResNet-18",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| CPU s | " + " | ".join(f"{median(setup[n], 1):.2f}" for n in names) + " |",
+        "| wall s | " + " | ".join(f"{median(setup[n], 0):.2f}" for n in names) + " |",
         "",
         f"## One no-op job (score_anomaly's module): `snakemake --cores 1` with {args.jobs} no-op jobs minus the "
         "same call with nothing to do, per job",

@@ -49,9 +49,12 @@ def test_torchvision_weights_load_into_our_resnet(monkeypatch):
 
 
 def test_building_a_resnet_imports_neither_torchvision_nor_dynamo():
-    code = ("import json, sys\n"
+    # on the meta device too (encoders.load_encoder): normal_ there would import torch._dynamo
+    code = ("import json, sys, torch\n"
             "from defectbench.models.backbones import build_backbone\n"
             "build_backbone('resnet18')\n"
+            "with torch.device('meta'):\n"
+            "    build_backbone('resnet50')\n"
             "print(json.dumps([m in sys.modules for m in ('torchvision', 'torch._dynamo')]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]

@@ -97,6 +97,8 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(cin, num_classes)
+        if self.fc.weight.is_meta:  # built to be filled from a file (encoders.load_encoder): no values to set,
+            return                  # and normal_ on a meta tensor would import torch._dynamo
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
