@@ -37,7 +37,8 @@ from _options import add_run_options, add_step_options
 from defectbench.models.projector import ContrastiveModel
 from defectbench.ssl.augment import augment_batch, preset_params
 from defectbench.ssl.losses import nt_xent
-from defectbench.train import compiled, fused_adam
+from defectbench.optim import Adam
+from defectbench.train import compiled
 
 ROOT = Path(__file__).resolve().parent
 ARCHIVE = ROOT.parents[1] / "shared" / "data" / "neu-steel.tar.gz"
@@ -128,7 +129,7 @@ def make_step(loss_fn, amp: bool, channels_last: bool, fused: bool = False, comp
     """One SimCLR training step on a fresh model: forward both views as one batch, loss, backward, Adam.
 
     ``fused`` and ``compile_model`` are applied through defectbench's own hooks
-    (:func:`defectbench.train.fused_adam`, :func:`defectbench.train.compiled`: torch's fused Adam
+    (:class:`defectbench.optim.Adam`, :func:`defectbench.train.compiled`: torch's fused Adam kernel
     and ``torch.compile``), to whichever side's loss ``loss_fn`` is, so both sides get the same switch.
     """
     cpu = torch.device("cpu")
@@ -136,7 +137,7 @@ def make_step(loss_fn, amp: bool, channels_last: bool, fused: bool = False, comp
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if fused:
-        opt = fused_adam(model.parameters(), lr=1e-3, weight_decay=1e-6, device=cpu)
+        opt = Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
     forward = compiled(model, compile_model, cpu, "--compile")

@@ -9,7 +9,7 @@ applied to both sides through defectbench's hooks:
 
 * precision and memory format (``--precisions``): fp32, fp32 + channels_last (``fp32cl``), and
   bf16 autocast + channels_last (model and input);
-* optimizer: torch's default Adam (for-loop on CPU) or fused Adam (``defectbench.train.fused_adam``);
+* optimizer: torch's default Adam (for-loop on CPU) or fused Adam (``defectbench.optim.Adam``, torch's fused kernel);
 * ``torch.compile`` of the network off / on (``defectbench.train.compiled``, the
   ``contrastive.compile`` switch), compiled once per variant before timing (the compile time is
   reported separately).

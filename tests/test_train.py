@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from defectbench.runtime import DefectbenchError, load_torch
-from defectbench.train import HISTORY_COLUMNS, compiled, epoch_seed, fused_adam, train_loop
+from defectbench.train import HISTORY_COLUMNS, compiled, epoch_seed, train_loop
 
 CPU = torch.device("cpu")
 
@@ -179,25 +179,6 @@ def test_epoch_seed_is_distinct_and_stable():
     seeds = {epoch_seed(s, e) for s in range(3) for e in range(50)}
     assert len(seeds) == 150
     assert epoch_seed(0, 0) == epoch_seed(0, 0) and 0 <= epoch_seed(5, 3) < 2**63
-
-
-def test_fused_adam_is_fused_on_cpu_and_takes_adams_steps():
-    torch.manual_seed(0)
-    model = nn.Linear(4, 3)
-    reference = copy.deepcopy(model)
-    fused = fused_adam(model.parameters(), lr=0.1, weight_decay=0.01, device=CPU)
-    plain = torch.optim.Adam(reference.parameters(), lr=0.1, weight_decay=0.01, foreach=False)
-    assert fused.defaults["fused"] is True
-    start = [p.detach().clone() for p in model.parameters()]
-    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
-    for _ in range(5):
-        for net, opt in ((model, fused), (reference, plain)):
-            opt.zero_grad()
-            net(x).pow(2).mean().backward()
-            opt.step()
-    for p, q, p0 in zip(model.parameters(), reference.parameters(), start):
-        assert not torch.equal(p, p0)
-        torch.testing.assert_close(p, q)
 
 
 def test_compiled_is_the_model_when_off_and_a_one_line_error_without_a_compiler():

@@ -68,6 +68,7 @@ def train_linear_probe(train_views: np.ndarray, y_train: np.ndarray, n_classes: 
     ``train_views``: (V, N, d) features (V views of each of N images; each epoch draws one view
     per image with the epoch's generator). Returns the probe (eval mode) and the history.
     """
+    from defectbench.optim import Adam
     from defectbench.train import train_loop
 
     views = torch.from_numpy(np.ascontiguousarray(train_views, dtype=np.float32)).to(device)
@@ -75,7 +76,7 @@ def train_linear_probe(train_views: np.ndarray, y_train: np.ndarray, n_classes: 
     n_views, n, dim = views.shape
     torch.manual_seed(seed)
     probe = nn.Linear(dim, n_classes).to(device)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
 
     def batches(epoch: int, gen: torch.Generator):
         pick = torch.randint(n_views, (n,), generator=gen, device=device)

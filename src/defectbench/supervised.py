@@ -30,6 +30,7 @@ from defectbench.data.splits import labelled_subset
 from defectbench.metrics.classification import classification_metrics
 from defectbench.models.backbones import build_backbone, imagenet_normalize
 from defectbench.models.encoders import save_encoder
+from defectbench.optim import Adam, CosineSchedule
 from defectbench.runtime import DefectbenchError, autocast_context, stage_job, write_parquet
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params
 from defectbench.train import checkpointed, train_loop
@@ -116,12 +117,12 @@ def fit_classifier(train: SplitImages, n_classes: int, n_train_split: int, *, ba
 
     net, dim = build_backbone(backbone, scfg["pretrained"])
     model = Classifier(net, dim, n_classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(scfg["lr"]),
-                                  weight_decay=float(scfg["weight_decay"]))
+    optimizer = Adam(model.parameters(), lr=float(scfg["lr"]), weight_decay=float(scfg["weight_decay"]),
+                     decoupled_weight_decay=True)
     steps_per_epoch = max(1, n // batch_size)
     total_steps = step_budget(scfg, n_train_split)
     epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scheduler = (CosineSchedule(optimizer, total_steps)
                  if scfg["schedule"] == "cosine" else None)
 
     def batches(epoch: int, gen: torch.Generator):

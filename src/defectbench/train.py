@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from defectbench.optim import Adam
 from defectbench.runtime import (
     DefectbenchError, Timer, autocast_context, config_hash, effective_amp, load_torch, save_torch,
 )
@@ -155,7 +156,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- the loop
-def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
+def train_loop(model: nn.Module, optimizer: Adam | torch.optim.Optimizer,
                step: Callable[[Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
                batches: Callable[[int, torch.Generator], Iterable[Any]], *,
                epochs: int, seed: int, device: torch.device, amp: str, checkpoint_path: Path | None,
@@ -165,7 +166,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
 
     Args:
         model: the module whose parameters ``optimizer`` updates (``model.train()`` each epoch).
-        optimizer: any torch optimizer.
+        optimizer: :class:`defectbench.optim.Adam` (the pipeline's) or any torch optimizer.
         step: ``step(batch, gen) -> (loss, diagnostics)``; runs under autocast; diagnostics are
             floats averaged per epoch (sample-weighted) into the history.
         batches: ``batches(epoch, gen)`` yields the epoch's batches (0-based epoch).
@@ -217,7 +218,7 @@ class _Trainee:
     """What a checkpoint saves besides the epoch, the history and the RNG states."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Adam | torch.optim.Optimizer
     scheduler: Any
     extra_state: dict[str, Any]
     scaler: torch.amp.GradScaler
@@ -312,24 +313,7 @@ def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*HISTORY_COLUMNS, *extra])
 
 
-
 # ----------------------------------------------------------------------------- faster steps
-# Devices for which torch ships a fused Adam kernel (torch >= 2.4: CPU and CUDA).
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
-
-
-def fused_adam(parameters: Iterable[nn.Parameter], *, lr: float, weight_decay: float,
-               device: torch.device) -> torch.optim.Adam:
-    """Adam, with torch's fused kernel on devices that have one.
-
-    The fused kernel updates every parameter in one pass instead of ~10 tensor ops per parameter
-    (benchmarks/step_ceiling.py: the ResNet-18 SimCLR step's optimizer share). Same algorithm,
-    same state_dict layout; deterministic, so resumed runs stay bit-identical.
-    """
-    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay,
-                            fused=device.type in FUSED_ADAM_DEVICES)
-
-
 def compiled(model: nn.Module, enabled: bool, device: torch.device, key: str) -> nn.Module:
     """``torch.compile(model)`` when ``enabled`` (the config switch ``key``), else ``model`` itself.
 

@@ -59,6 +59,7 @@ from defectbench.diffusion.ddpm import (
     to_model_range,
 )
 from defectbench.models.backbones import FeatureExtractor, imagenet_normalize
+from defectbench.optim import Adam
 from defectbench.runtime import DefectbenchError, autocast_context, stage_job, write_parquet
 
 log = logging.getLogger("defectbench")
@@ -191,7 +192,8 @@ def adapt_feature_extractor(unet: nn.Module, table: torch.Tensor, images: np.nda
                                       [target_f0[k] for k in DA_LAYERS], [rec_f0[k] for k in DA_LAYERS], lam)
         return loss, {"rec_l1": float((x_rec.float() - target.float()).abs().mean())}
 
-    optimizer = torch.optim.AdamW([p for p in fe.parameters() if p.requires_grad], lr=float(cfg["da_lr"]))
+    optimizer = Adam([p for p in fe.parameters() if p.requires_grad], lr=float(cfg["da_lr"]), weight_decay=0.01,
+                     decoupled_weight_decay=True)  # torch.optim.AdamW's default decay
     history = train_loop(fe, optimizer, step, batches, epochs=epochs, seed=seed, device=device, amp=amp,
                          checkpoint_path=Path(checkpoint_path), checkpoint_every=1,
                          log_prefix="ddad domain adaptation: ")

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectbench.data.cache import SplitCache
+from defectbench.optim import Adam
 from defectbench.runtime import (
     DefectbenchError,
     atomic_dir,
@@ -274,8 +275,8 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
     table = scheduler_table(scheduler).to(device)
     n_steps = int(scheduler.config.num_train_timesteps)
     ema = EMA(unet, cfg["ema_decay"])
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=float(cfg["lr"]),
-                                  weight_decay=float(cfg["weight_decay"]))
+    optimizer = Adam(unet.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
+                     decoupled_weight_decay=True)
     data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 (N,3,S,S) on CPU
     n = len(data)
     batch_size = min(int(cfg["batch_size"]), n)

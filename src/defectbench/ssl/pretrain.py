@@ -36,7 +36,8 @@ from defectbench.models.encoders import save_encoder
 from defectbench.models.projector import ContrastiveModel
 from defectbench.runtime import DefectbenchError, stage_job, write_parquet
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params, weaker
-from defectbench.train import checkpointed, compiled, epoch_generator, fused_adam, train_loop
+from defectbench.optim import Adam, CosineSchedule
+from defectbench.train import checkpointed, compiled, epoch_generator, train_loop
 
 log = logging.getLogger("defectbench")
 
@@ -194,10 +195,10 @@ class _ContrastiveSteps:
         return loss, diagnostics
 
 
-def _optimizer(model: torch.nn.Module, ccfg: dict[str, Any], total_steps: int, device: torch.device):
-    """(Adam, fused where torch has the kernel; cosine-per-step scheduler or None) of the ``contrastive`` section."""
-    optimizer = fused_adam(model.parameters(), lr=float(ccfg["lr"]), weight_decay=float(ccfg["weight_decay"]), device=device)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+def _optimizer(model: torch.nn.Module, ccfg: dict[str, Any], total_steps: int):
+    """(fused Adam, cosine-per-step schedule or None) of the ``contrastive`` section."""
+    optimizer = Adam(model.parameters(), lr=float(ccfg["lr"]), weight_decay=float(ccfg["weight_decay"]))
+    scheduler = (CosineSchedule(optimizer, total_steps)
                  if ccfg["schedule"] == "cosine" else None)
     return optimizer, scheduler
 
@@ -239,7 +240,7 @@ def pretrain_contrastive(*, cache_path: str | Path, split_path: str | Path, enco
         steps = _ContrastiveSteps(forward, method, plan, images, labels, views, aug=aug, batch_size=batch_size,
                                   channels_last=channels_last, seed=seed)
         epochs = int(ccfg["epochs"])
-        optimizer, scheduler = _optimizer(model, ccfg, epochs * steps.steps_per_epoch, job.device)
+        optimizer, scheduler = _optimizer(model, ccfg, epochs * steps.steps_per_epoch)
         log.info("pretrain %s on %s/%s (%d images, %s, batch %d, %d epochs, device %s, amp %s, augment %s)",
                  method, dataset, task, n, backbone, batch_size, epochs, job.device, job.amp, preset)
         with checkpointed(Path(encoder_path).parent, cfg, {
