@@ -33,6 +33,31 @@ def test_grad_cam_equals_cam_for_gap_linear_head():
     assert cams.shape == (2, 6, 6) and cams.max() == pytest.approx(1.0)
 
 
+def test_gallery_composes_cells_overlays_and_outlines_into_one_image(tmp_path):
+    """The gallery is one composed image: each cell's own pixels, the heat map blended at 45% jet,
+    the mask outline in green; a cell the row does not fill stays white."""
+    import matplotlib.pyplot as plt
+
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    images[0, ..., 0] = 255  # red
+    images[1, ..., 2] = 255  # blue
+    images[2, ..., 1] = 128  # dark green, under a mask outline
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:6, 2:6] = 1
+    out = figures._gallery(images, [[0, 1], [2]], ["a", "b"], [["red", "blue"], ["masked"]], "t", tmp_path / "g.png",
+                           overlays=[[None, np.ones((4, 4), np.float32)], [None]], outlines=[[None, None], [mask]])
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    px = np.round(plt.imread(out)[..., :3] * 255).astype(int).reshape(-1, 3)
+
+    def count(rgb, tol=1):
+        return int((np.abs(px - np.asarray(rgb)).max(1) <= tol).sum())
+
+    blend = np.round((0.55 * np.array([0, 0, 1.0]) + 0.45 * np.array(plt.get_cmap("jet")(1.0)[:3])) * 255)
+    assert count((255, 0, 0)) > 1000  # the red cell, at ~100 px per cell side
+    assert count(blend) > 1000 and count((0, 0, 255)) == 0  # the blue cell is all overlay
+    assert count((0, 128, 0)) > 500 and count((0, 255, 0), tol=40) > 20  # the green cell and its lime outline
+
+
 def test_worst_failures_per_class():
     pred = pd.DataFrame({
         "row": [10, 11, 12, 13, 14],
