@@ -226,6 +226,36 @@ def test_tsne_and_gradcam_from_real_encoder_files(project: Path):
     assert {"tsne--toy.png", "gradcam--toy.png"} <= names, sorted(names)
 
 
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="the second figures process is forked on Linux only")
+def test_two_threads_draw_the_network_figures_in_a_second_process(project: Path, monkeypatch):
+    """threads=2 forks a child for Grad-CAM / t-SNE: the same PNGs as one thread, and a failure
+    there stops the job with a one-line error instead of a missing figure."""
+    import os
+
+    serial = figures.make_figures(project / "results" / "tables", project / "one", {"toy": 16}, root=project)
+    parent = os.getpid()
+    drawn_in = []
+    real = figures._network_figures
+
+    def spy(res, out_dir):
+        drawn_in.append(os.getpid())
+        (out_dir / "pid").write_text(str(os.getpid()))
+        return real(res, out_dir)
+
+    monkeypatch.setattr(figures, "_network_figures", spy)
+    forked = figures.make_figures(project / "results" / "tables", project / "two", {"toy": 16}, root=project,
+                                  threads=2)
+    assert sorted(p.name for p in forked) == sorted(p.name for p in serial)
+    assert drawn_in == [] and int((project / "two" / "pid").read_text()) != parent  # drawn in the child
+
+    def broken(res, out_dir):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(figures, "_network_figures", broken)
+    with pytest.raises(figures.DefectbenchError, match=r"^figures: the Grad-CAM / t-SNE process failed \(exit code 1\)"):
+        figures.make_figures(project / "results" / "tables", project / "three", {"toy": 16}, root=project, threads=2)
+
+
 def test_figures_rule_declares_every_kind_of_file_the_figures_read(tmp_path: Path):
     """The demo's figures job (dry run): its inputs hold the tables, the data files at the image size
     and each kind of job file figures.py reads (the demo run checks none is read undeclared)."""

@@ -11,4 +11,5 @@ with job_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         snakemake.output[0],  # noqa: F821
         image_sizes=snakemake.params.image_sizes,  # noqa: F821
         declared=list(snakemake.input),  # noqa: F821
+        threads=snakemake.threads,  # noqa: F821
     )

@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -447,10 +448,12 @@ class _Results:
         return self.file(Path(str(row["path"])).parent / name, figure, optional)
 
     def images(self, dataset: str, figure: str) -> np.ndarray | None:
-        """The dataset's image cache (memory-mapped) at its image size."""
+        """The dataset's image cache (memory-mapped) at its image size (each figure without it says so)."""
         if dataset not in self._images:
             path = self.file(paths.cache(dataset, self.image_sizes[dataset]), figure)
-            self._images[dataset] = None if path is None else np.load(path, mmap_mode="r")
+            if path is None:
+                return None
+            self._images[dataset] = np.load(path, mmap_mode="r")
         return self._images[dataset]
 
     def masks(self, dataset: str, figure: str) -> np.ndarray | None:
@@ -720,28 +723,72 @@ def _tsne_figure(res: _Results, dataset: str, rows: pd.DataFrame, out_dir: Path,
                      f"{dataset}: t-SNE of test-image features (seed {seed})", png)
 
 
+def _network_figures(res: _Results, out_dir: Path) -> list[Path | None]:
+    """The figures that run networks: Grad-CAM of the classifiers and t-SNE of encoder features."""
+    written = []
+    for dataset, rows in _first_seed_per_dataset(res.tables["classification"]):
+        written.append(_gradcam_figure(res, dataset, _largest_fraction(rows), out_dir))
+    for dataset, rows in _first_seed_per_dataset(_encoder_rows(res.tables["pretraining"])):
+        written.append(_tsne_figure(res, dataset, rows, out_dir))
+    return written
+
+
+def _started(work: Callable[[], list[Path | None]], threads: int) -> Callable[[], list[Path | None]]:
+    """Start ``work`` beside this process when it has 2+ threads on Linux (a forked child: nothing is
+    imported or pickled again); returns the call that waits for its PNGs. Otherwise runs it now."""
+    if threads < 2 or sys.platform != "linux":
+        done = work()
+        return lambda: done
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.SimpleQueue()
+
+    def child() -> None:
+        import torch
+
+        torch.set_num_threads(threads - 1)  # the parent draws on the other thread
+        try:
+            results.put([None if p is None else str(p) for p in work()])
+        except BaseException:
+            log.exception("figures: the Grad-CAM / t-SNE process failed")
+            raise
+
+    process = ctx.Process(target=child, name="figures-networks", daemon=True)
+    process.start()
+
+    def wait() -> list[Path | None]:
+        process.join()
+        if process.exitcode != 0 or results.empty():
+            raise DefectbenchError(f"figures: the Grad-CAM / t-SNE process failed (exit code {process.exitcode}); "
+                                   "its traceback is in the log above")
+        return [None if p is None else Path(p) for p in results.get()]
+
+    return wait
+
+
 def make_figures(tables_dir: str | Path, out_dir: str | Path, image_sizes: Mapping[str, int], root: str | Path = ".",
-                 declared: Iterable[str] | None = None) -> list[Path]:
+                 declared: Iterable[str] | None = None, threads: int = 1) -> list[Path]:
     """Every figure the results allow, under ``out_dir``; returns the PNGs written.
 
     ``tables_dir``: the aggregate tables (their ``path`` column leads to each job's files, relative
     to the project ``root``); ``image_sizes``: dataset -> the image size its probes, encoders and
     scorers read (the cache the figures show); ``declared``: the files the figures rule declares
-    (the figures read no other; None: any file under ``root``).
+    (the figures read no other; None: any file under ``root``); ``threads``: with 2 or more, the
+    figures that run networks (Grad-CAM, t-SNE) are drawn in a second process meanwhile.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     res = _Results(Path(root), Path(tables_dir), image_sizes, declared)
+    networks = _started(lambda: _network_figures(res, out_dir), threads)
     written: list[Path | None] = []
     written += plot_label_efficiency(res.tables["classification"], out_dir)
     written += plot_budget_curves(res.budget, res.tables["classification"], out_dir)
     for dataset, rows in _first_seed_per_dataset(res.tables["classification"]):
         written += _confusion_and_failures(res, dataset, _largest_fraction(rows), out_dir)
-        written.append(_gradcam_figure(res, dataset, _largest_fraction(rows), out_dir))
     for dataset, rows in _first_seed_per_dataset(res.tables["anomaly"]):
         written += _anomaly_figures(res, dataset, rows, out_dir)
-    for dataset, rows in _first_seed_per_dataset(_encoder_rows(res.tables["pretraining"])):
-        written.append(_tsne_figure(res, dataset, rows, out_dir))
+    written += networks()
     drawn = [p for p in written if p is not None]
     log.info("figures: %d PNG(s) in %s", len(drawn), out_dir)
     return drawn
