@@ -6,8 +6,10 @@
 * Import: wall seconds of ``python -c 'import <module>'`` for the module each rule's script imports
   (a fresh process each time, so nothing is cached in memory except by the OS).
 * Torch job set-up: the import plus what every torch job does before its first batch: enter
-  ``stage_job`` (threads, device, seed, deterministic flag) and build its ResNet-18. Library calls
-  made here can import far more than the module did (torchvision imports torch._dynamo).
+  ``stage_job`` (threads, device, seed, deterministic flag) and build its ResNet-18; and the same
+  with one training step (forward, backward, the pipeline's Adam step), as a training job's first.
+  Library calls made here can import far more than the module did (torchvision and torch.optim
+  import torch._dynamo).
 * No-op job: a one-rule Snakefile whose script imports the score_anomaly stage module and returns.
   ``snakemake --cores 1`` is timed with --jobs no-op jobs and with none (every output present);
   the difference divided by the number of jobs is what each job adds: Snakemake's job set-up, the
@@ -55,12 +57,22 @@ STAGES = {
     "track": "defectbench.tracking",
 }
 TORCH_SETUP = """
+import torch
 from defectbench.ssl.pretrain import pretrain_contrastive
 from defectbench.models.backbones import build_backbone
 from defectbench.runtime import stage_job
+try:
+    from defectbench.optim import Adam  # the pipeline's optimizer since 2026-12-02
+except ImportError:  # before: torch.optim's fused Adam, as pretraining built it
+    def Adam(params, lr):
+        return torch.optim.Adam(params, lr=lr, fused=True)
 
 with stage_job(stage="pretraining", cfg={"device": "cpu"}, keys={}, seed=0):
-    build_backbone("resnet18")
+    net, _ = build_backbone("resnet18")
+    if {step}:
+        optimizer = Adam(net.parameters(), lr=1e-3)
+        net(torch.zeros(2, 3, 32, 32)).sum().backward()
+        optimizer.step()
 """
 NOOP_SNAKEFILE = """
 rule all:
@@ -121,7 +133,8 @@ def main() -> None:
             for name, env in envs.items():
                 for stage, module in STAGES.items():
                     imports.setdefault((name, stage), []).append(cost([sys.executable, "-c", f"import {module}"], env))
-                setup.setdefault(name, []).append(cost([sys.executable, "-c", TORCH_SETUP], env))
+                for step in (False, True):
+                    setup.setdefault((name, step), []).append(cost([sys.executable, "-c", TORCH_SETUP.replace("{step}", str(step))], env))
                 shutil.rmtree(work / "out", ignore_errors=True)
                 with_jobs = cost(snakemake, env, work)
                 without = cost(snakemake, env, work)  # every output present: nothing to run
@@ -160,10 +173,13 @@ def main() -> None:
         "",
         "## Torch job set-up: import `defectbench.ssl.pretrain`, enter `stage_job` (CPU, seed 0), build ResNet-18",
         "",
+        "A training job's set-up adds its first step: forward, backward and the pipeline's Adam step at 32 px.",
+        "",
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
-        "| CPU s | " + " | ".join(f"{median(setup[n], 1):.2f}" for n in names) + " |",
-        "| wall s | " + " | ".join(f"{median(setup[n], 0):.2f}" for n in names) + " |",
+        *(f"| {what} {unit} | " + " | ".join(f"{median(setup[(n, step)], which):.2f}" for n in names) + " |"
+          for step, what in ((False, "set-up"), (True, "set-up + one training step"))
+          for which, unit in ((1, "CPU s"), (0, "wall s"))),
         "",
         f"## One no-op job (score_anomaly's module): `snakemake --cores 1` with {args.jobs} no-op jobs minus the "
         "same call with nothing to do, per job",
