@@ -758,7 +758,7 @@ def _started(work: Callable[[], list[Path | None]], threads: int) -> Callable[[]
     process.start()
 
     def wait() -> list[Path | None]:
-        process.join()
+        process.join()  # the child's put fits the pipe's buffer (a path per dataset and figure), so it cannot block
         if process.exitcode != 0 or results.empty():
             raise DefectbenchError(f"figures: the Grad-CAM / t-SNE process failed (exit code {process.exitcode}); "
                                    "its traceback is in the log above")
