@@ -10,6 +10,8 @@
   with one training step (forward, backward, the pipeline's Adam step), as a training job's first.
   Library calls made here can import far more than the module did (torchvision and torch.optim
   import torch._dynamo).
+* Diffusion job set-up: the same for a DDPM job (import, ``stage_job``, build the UNet and the
+  noise schedule, optionally one AdamW training step); before 2026-12-02 this imported diffusers.
 * No-op job: a one-rule Snakefile whose script imports the score_anomaly stage module and returns.
   ``snakemake --cores 1`` is timed with --jobs no-op jobs and with none (every output present);
   the difference divided by the number of jobs is what each job adds: Snakemake's job set-up, the
@@ -74,6 +76,22 @@ with stage_job(stage="pretraining", cfg={"device": "cpu"}, keys={}, seed=0):
         net(torch.zeros(2, 3, 32, 32)).sum().backward()
         optimizer.step()
 """
+DIFFUSION_SETUP = """
+import torch
+from defectbench.diffusion.ddpm import build_unet, make_scheduler
+from defectbench.optim import Adam
+from defectbench.runtime import stage_job
+
+with stage_job(stage="pretraining", cfg={"device": "cpu"}, keys={}, seed=0):
+    unet = build_unet(64, [32, 64, 128], 1, 1, False)
+    schedule = make_scheduler({"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02})
+    if {step}:
+        optimizer = Adam(unet.parameters(), lr=1e-3, decoupled_weight_decay=True)
+        out = unet(torch.zeros(2, 3, 64, 64), torch.tensor([1, 500]))
+        getattr(out, "sample", out).square().mean().backward()  # before 2026-12-02: diffusers' output
+        optimizer.step()
+"""
+SETUPS = {"torch": TORCH_SETUP, "diffusion": DIFFUSION_SETUP}
 NOOP_SNAKEFILE = """
 rule all:
     input: expand("out/{{i}}.done", i=range({jobs}))
@@ -133,8 +151,10 @@ def main() -> None:
             for name, env in envs.items():
                 for stage, module in STAGES.items():
                     imports.setdefault((name, stage), []).append(cost([sys.executable, "-c", f"import {module}"], env))
-                for step in (False, True):
-                    setup.setdefault((name, step), []).append(cost([sys.executable, "-c", TORCH_SETUP.replace("{step}", str(step))], env))
+                for kind, script in SETUPS.items():
+                    for step in (False, True):
+                        setup.setdefault((name, kind, step), []).append(
+                            cost([sys.executable, "-c", script.replace("{step}", str(step))], env))
                 shutil.rmtree(work / "out", ignore_errors=True)
                 with_jobs = cost(snakemake, env, work)
                 without = cost(snakemake, env, work)  # every output present: nothing to run
@@ -155,6 +175,11 @@ def main() -> None:
             ratio = f" {vals[0] / vals[1]:.1f}x |" if len(names) == 2 else ""
             rows.append(f"| {stage} (`{module}`) | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
         return rows
+
+    def setup_rows(kind: str) -> list[str]:
+        return [f"| {what} {unit} | " + " | ".join(f"{median(setup[(n, kind, step)], which):.2f}" for n in names) + " |"
+                for step, what in ((False, "set-up"), (True, "set-up + one training step"))
+                for which, unit in ((1, "CPU s"), (0, "wall s"))]
 
     lines = [
         "# Start-up cost per job: stage imports and a no-op job",
@@ -177,9 +202,16 @@ def main() -> None:
         "",
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
-        *(f"| {what} {unit} | " + " | ".join(f"{median(setup[(n, step)], which):.2f}" for n in names) + " |"
-          for step, what in ((False, "set-up"), (True, "set-up + one training step"))
-          for which, unit in ((1, "CPU s"), (0, "wall s"))),
+        *setup_rows("torch"),
+        "",
+        "## Diffusion job set-up: import `defectbench.diffusion.ddpm`, enter `stage_job`, build a 3-level UNet "
+        "(32/64/128, attention at the coarsest level) and the noise schedule",
+        "",
+        "A pretrain_diffusion job's set-up adds its first step: forward, backward and AdamW at 64 px, batch 2.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        *setup_rows("diffusion"),
         "",
         f"## One no-op job (score_anomaly's module): `snakemake --cores 1` with {args.jobs} no-op jobs minus the "
         "same call with nothing to do, per job",

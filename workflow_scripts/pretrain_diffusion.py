@@ -1,4 +1,4 @@
-"""Rule pretrain_diffusion: DDPM (diffusers UNet2DModel, EMA) on the train subset of one split."""
+"""Rule pretrain_diffusion: DDPM (UNet in diffusers' UNet2DModel layout, EMA) on the train subset of one split."""
 
 from defectbench.diffusion.ddpm import pretrain_diffusion
 from defectbench.tracking import tracked_job

@@ -135,7 +135,7 @@ def _warn_if_bf16_emulated() -> None:
 # Temporary names are created with os.open(..., 0o666) / os.mkdir(..., 0o777) rather than
 # tempfile.mkstemp/mkdtemp (0600/0700): the kernel then applies the caller's umask (and any default
 # ACL), so a finished output is as readable by a team as a file any other tool would write. Some
-# libraries write privately all the same (safetensors, under diffusers' save_pretrained, writes
+# libraries write privately all the same (safetensors' save_file, under the UNet's save_pretrained, writes
 # 0600), so before the rename everything written gets the bits the umask allowed on creation.
 def new_temp_file(parent: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
     """Create an empty, uniquely named file in ``parent`` with the mode the umask gives."""
@@ -268,7 +268,7 @@ def versions() -> dict[str, str]:
     from defectbench import __version__
 
     out = {"defectbench": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "numpy", "scikit-learn", "diffusers", "timm"):
+    for pkg in ("torch", "torchvision", "numpy", "scikit-learn", "safetensors"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

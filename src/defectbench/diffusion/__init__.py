@@ -1,2 +1,2 @@
 """Diffusion models: DDPM pretraining (:mod:`.ddpm`), DiffCL diffusion views (:mod:`.views`) and
-DDAD anomaly detection (:mod:`.ddad`), all on one diffusers UNet per dataset and task."""
+DDAD anomaly detection (:mod:`.ddad`), all on one UNet (diffusers' layout) per dataset and task."""

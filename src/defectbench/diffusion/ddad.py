@@ -349,8 +349,8 @@ def run_ddad(model_dir: str | os.PathLike, cache_path: str | os.PathLike, masks_
         parts = protocol.read_anomaly_split(anomaly_split_path, cache_path, masks_path)
         train, holdout, test = (parts[name] for name in protocol.SUBSETS)
         size = int(test.images.shape[1])
-        if size != unet.config.sample_size:
-            raise DefectbenchError(f"{model_dir}: model trained at {unet.config.sample_size} px but {cache_path} is "
+        if size != unet.sample_size:
+            raise DefectbenchError(f"{model_dir}: model trained at {unet.sample_size} px but {cache_path} is "
                                    f"{size} px; rerun pretrain_diffusion")
         inputs = {"model": model_dir, "cache": cache_path, "split": anomaly_split_path}
         with checkpointed(Path(metrics_path).parent, cfg, inputs, prefix="da-checkpoint") as ckpt:

@@ -1,11 +1,12 @@
-"""DDPM pretraining on diffusers (specs A.2 step 1, D.2): one UNet per dataset and task.
+"""DDPM pretraining (specs A.2 step 1, D.2): one UNet per dataset and task.
 
-The model is a diffusers ``UNet2DModel`` sized from the config (``block_out_channels``,
-``layers_per_block``, the dataset's image size), trained with epsilon prediction on a
-``DDPMScheduler`` (T=1000, linear betas 1e-4 -> 0.02), AdamW and an exponential moving average
-of the weights. The EMA UNet is saved with ``save_pretrained`` together with the scheduler
-config, so the DiffCL views (:mod:`defectbench.diffusion.views`) and DDAD
-(:mod:`defectbench.diffusion.ddad`) load the same model with :func:`load_diffusion`.
+The model is a UNet in diffusers' ``UNet2DModel`` layout (:mod:`defectbench.models.unet`, which
+does not import diffusers) sized from the config (``block_out_channels``, ``layers_per_block``,
+the dataset's image size), trained with epsilon prediction on a DDPM schedule (T=1000, linear
+betas 1e-4 -> 0.02), AdamW and an exponential moving average of the weights. The EMA UNet is
+saved as diffusers saves a ``UNet2DModel`` and a ``DDPMScheduler`` (diffusers loads it too), so
+the DiffCL views (:mod:`defectbench.diffusion.views`) and DDAD (:mod:`defectbench.diffusion.ddad`)
+load the same model with :func:`load_diffusion`.
 
 Choices the specs leave open (documented here, recorded in metrics.json through the config):
 
@@ -30,6 +31,7 @@ Images enter the model in [-1, 1] (D.1): ``x / 127.5 - 1`` of the uint8 cache.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from pathlib import Path
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectbench.data.cache import SplitCache
+from defectbench.models.unet import DIFFUSERS_LAYOUT, UNet2D
 from defectbench.optim import Adam
 from defectbench.runtime import (
     DefectbenchError,
@@ -65,19 +68,17 @@ def _norm_groups(widths: list[int] | tuple[int, ...]) -> int:
 
 
 def build_unet(image_size: int, block_out_channels: list[int] | tuple[int, ...], layers_per_block: int,
-               attention_levels: int = 1, resnet_updown: bool = False) -> nn.Module:
-    """A diffusers ``UNet2DModel`` for 3-channel ``image_size`` images, epsilon output.
+               attention_levels: int = 1, resnet_updown: bool = False) -> UNet2D:
+    """The epsilon-prediction UNet (diffusers' ``UNet2DModel`` layout) for 3-channel ``image_size`` images.
 
     One resolution level per entry of ``block_out_channels`` (each but the last halves the
     size); self-attention in the ``attention_levels`` coarsest levels and the mid block;
     ``resnet_updown`` uses ResNet blocks to down/up-sample (BigGAN style, as DDAD's UNet).
 
     >>> unet = build_unet(16, [8, 16], 1)
-    >>> unet(torch.zeros(2, 3, 16, 16), torch.tensor([0, 999])).sample.shape
+    >>> unet(torch.zeros(2, 3, 16, 16), torch.tensor([0, 999])).shape
     torch.Size([2, 3, 16, 16])
     """
-    from diffusers import UNet2DModel
-
     widths = tuple(int(c) for c in block_out_channels)
     levels = len(widths)
     factor = 2 ** (levels - 1)
@@ -87,36 +88,55 @@ def build_unet(image_size: int, block_out_channels: list[int] | tuple[int, ...],
             f"got {image_size}; change the dataset's image_size or use fewer levels"
         )
     n_attn = max(0, min(int(attention_levels), levels))
-    down = ["DownBlock2D"] * (levels - n_attn) + ["AttnDownBlock2D"] * n_attn
-    up = list(reversed([name.replace("Down", "Up") for name in down]))
-    groups = _norm_groups(widths)
-    return UNet2DModel(
-        sample_size=image_size,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=widths,
-        layers_per_block=int(layers_per_block),
-        down_block_types=tuple(down),
-        up_block_types=tuple(up),
-        norm_num_groups=groups,
+    return UNet2D(
+        image_size, widths, int(layers_per_block),
+        ["DownBlock2D"] * (levels - n_attn) + ["AttnDownBlock2D"] * n_attn,
+        norm_num_groups=_norm_groups(widths),
         attention_head_dim=min(8, widths[-1]),
         downsample_type="resnet" if resnet_updown else "conv",
         upsample_type="resnet" if resnet_updown else "conv",
     )
 
 
-def make_scheduler(cfg: dict[str, Any]):
-    """The DDPM noise schedule of the ``diffusion`` config section (linear betas)."""
-    from diffusers import DDPMScheduler
+class NoiseSchedule:
+    """DDPM's linear beta schedule (betas ``linspace(beta_start, beta_end, T)`` in float32), saved
+    and loaded as diffusers' ``DDPMScheduler`` config (epsilon prediction, no clipping)."""
 
-    return DDPMScheduler(
-        num_train_timesteps=int(cfg["num_train_timesteps"]),
-        beta_start=float(cfg["beta_start"]),
-        beta_end=float(cfg["beta_end"]),
-        beta_schedule="linear",
-        prediction_type="epsilon",
-        clip_sample=False,
-    )
+    CONFIG_NAME = "scheduler_config.json"
+
+    def __init__(self, num_train_timesteps: int, beta_start: float, beta_end: float):
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+        self.betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float32)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        config = {
+            "_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_LAYOUT,
+            "num_train_timesteps": self.num_train_timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end,
+            "beta_schedule": "linear", "trained_betas": None, "variance_type": "fixed_small", "clip_sample": False,
+            "prediction_type": "epsilon", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+            "clip_sample_range": 1.0, "sample_max_value": 1.0, "timestep_spacing": "leading", "steps_offset": 0,
+            "rescale_betas_zero_snr": False,
+        }
+        (Path(directory) / self.CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "NoiseSchedule":
+        path = Path(directory) / cls.CONFIG_NAME
+        try:
+            config = json.loads(path.read_text())
+            for key, value in (("_class_name", "DDPMScheduler"), ("beta_schedule", "linear"), ("trained_betas", None),
+                               ("prediction_type", "epsilon")):
+                if config.get(key, value) != value:
+                    raise DefectbenchError(f"{path}: {key}={config[key]!r} is not supported (only {value!r})")
+            return cls(config["num_train_timesteps"], config["beta_start"], config["beta_end"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DefectbenchError(f"{path}: not a readable DDPM scheduler config ({exc!r})") from exc
+
+
+def make_scheduler(cfg: dict[str, Any]) -> NoiseSchedule:
+    """The DDPM noise schedule of the ``diffusion`` config section (linear betas)."""
+    return NoiseSchedule(cfg["num_train_timesteps"], cfg["beta_start"], cfg["beta_end"])
 
 
 def alpha_bar_table(betas: torch.Tensor) -> torch.Tensor:
@@ -169,10 +189,10 @@ def epsilon_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 
 def eps_fn(unet: nn.Module):
-    """Wrap a diffusers UNet as ``eps(x, t) -> ε̂`` (t: (B,) long), output in fp32."""
+    """Wrap the UNet as ``eps(x, t) -> ε̂`` (t: (B,) long), output in fp32."""
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unet(x, t).sample.float()
+        return unet(x, t).float()
 
     return eps
 
@@ -230,34 +250,30 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- saving / loading
-def save_diffusion(model_dir: str | os.PathLike, unet: nn.Module, scheduler: Any) -> None:
+def save_diffusion(model_dir: str | os.PathLike, unet: UNet2D, scheduler: NoiseSchedule) -> None:
     """``save_pretrained`` of the UNet and the scheduler config into one directory, atomically."""
     with atomic_dir(model_dir) as tmp:
         unet.save_pretrained(tmp)
         scheduler.save_pretrained(tmp)
 
 
-def load_diffusion(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
-    """(UNet in eval mode on ``device``, DDPMScheduler) saved by :func:`save_diffusion`."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
+def load_diffusion(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[UNet2D, NoiseSchedule]:
+    """(UNet in eval mode on ``device``, noise schedule) saved by :func:`save_diffusion` (or by diffusers)."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists() or not (model_dir / "scheduler_config.json").exists():
         raise DefectbenchError(f"{model_dir}: not a saved diffusion model (config.json / scheduler_config.json missing); "
                                "rerun pretrain_diffusion")
-    unet = UNet2DModel.from_pretrained(model_dir).to(device).eval()
-    scheduler = DDPMScheduler.from_pretrained(model_dir)
-    return unet, scheduler
+    return UNet2D.from_pretrained(model_dir).to(device).eval(), NoiseSchedule.from_pretrained(model_dir)
 
 
-def scheduler_table(scheduler: Any) -> torch.Tensor:
-    """The :func:`alpha_bar_table` of a diffusers scheduler's betas."""
+def scheduler_table(scheduler: NoiseSchedule) -> torch.Tensor:
+    """The :func:`alpha_bar_table` of a schedule's betas."""
     return alpha_bar_table(scheduler.betas.double())
 
 
 # ----------------------------------------------------------------------------- training
 def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: torch.device,
-               checkpoint_path: str | os.PathLike) -> tuple[nn.Module, Any, pd.DataFrame]:
+               checkpoint_path: str | os.PathLike) -> tuple[UNet2D, NoiseSchedule, pd.DataFrame]:
     """Train a DDPM on uint8 images (N,S,S,3) with the ``diffusion`` config section.
 
     Returns (EMA UNet in eval mode, scheduler, per-epoch history). Resumes from
@@ -273,7 +289,7 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
                       cfg["attention_levels"], cfg["resnet_updown"]).to(device)
     scheduler = make_scheduler(cfg)
     table = scheduler_table(scheduler).to(device)
-    n_steps = int(scheduler.config.num_train_timesteps)
+    n_steps = int(scheduler.num_train_timesteps)
     ema = EMA(unet, cfg["ema_decay"])
     optimizer = Adam(unet.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
                      decoupled_weight_decay=True)
@@ -290,7 +306,7 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
         t = torch.randint(0, n_steps, (len(x0),), generator=gen, device=device)
         eps = torch.randn(x0.shape, generator=gen, device=device)
         x_t = noise_images(x0, eps, alpha_bar(table, t).float())
-        return epsilon_loss(unet(x_t, t).sample, eps), {"ema_decay": ema.current_decay()}
+        return epsilon_loss(unet(x_t, t), eps), {"ema_decay": ema.current_decay()}
 
     history = train_loop(unet, optimizer, step, batches, epochs=int(cfg["epochs"]), seed=seed, device=device,
                          amp=cfg["amp"], checkpoint_path=Path(checkpoint_path),
@@ -303,7 +319,7 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
 
 # ----------------------------------------------------------------------------- convergence report
 @torch.no_grad()
-def mask_reconstruction_errors(unet: nn.Module, scheduler: Any, images: np.ndarray, masks: np.ndarray, *, seed: int,
+def mask_reconstruction_errors(unet: nn.Module, scheduler: NoiseSchedule, images: np.ndarray, masks: np.ndarray, *, seed: int,
                                device: torch.device, batch_size: int = 16, amp: str = "none") -> dict[str, float]:
     """Mean |x̂ - x| (channel mean, [-1,1] space) inside and outside the defect masks of ``images``.
 
@@ -315,7 +331,7 @@ def mask_reconstruction_errors(unet: nn.Module, scheduler: Any, images: np.ndarr
     from defectbench.diffusion.views import denoise_partial  # views imports this module
 
     table = scheduler_table(scheduler).to(device)
-    t_start = int(scheduler.config.num_train_timesteps) // 4
+    t_start = int(scheduler.num_train_timesteps) // 4
     eps_model = eps_fn(unet)
     gen = torch.Generator().manual_seed(int(seed))
     inside = outside = n_in = n_out = 0.0

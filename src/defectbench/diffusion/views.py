@@ -104,7 +104,7 @@ def make_views(unet: nn.Module, scheduler: Any, images: np.ndarray, rows: np.nda
     n_images, size = len(images), int(images.shape[1]) if len(images) else 0
     if out is None:
         out = np.empty((n_images, k, size, size, 3), dtype=np.uint8)
-    n_train = int(scheduler.config.num_train_timesteps)
+    n_train = int(scheduler.num_train_timesteps)
     table = scheduler_table(scheduler).to(device)
     eps_model = eps_fn(unet)
     def draw(i: int, kk: int, shape: tuple[int, ...]) -> tuple[float, int, int, torch.Tensor]:
@@ -147,11 +147,11 @@ def diffusion_views(model_dir: str | os.PathLike, cache_path: str | os.PathLike,
         unet, scheduler = load_diffusion(model_dir, job.device)
         train = read_split_images(split_path, cache_path, "train")
         images = train.images
-        if len(images) and images.shape[1] != unet.config.sample_size:
-            raise DefectbenchError(f"{model_dir}: model trained at {unet.config.sample_size} px but {cache_path} is "
+        if len(images) and images.shape[1] != unet.sample_size:
+            raise DefectbenchError(f"{model_dir}: model trained at {unet.sample_size} px but {cache_path} is "
                                    f"{images.shape[1]} px; rerun pretrain_diffusion")
         k = int(vcfg["k"])
-        size = int(images.shape[1]) if len(images) else int(unet.config.sample_size)
+        size = int(images.shape[1]) if len(images) else int(unet.sample_size)
         log.info("diffusion views: %d images x %d views on %s (amp %s)", len(images), k, job.device, job.amp)
         with Timer() as timer, atomic_path(views_path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), k, size, size, 3))
