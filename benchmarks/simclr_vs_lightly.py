@@ -14,7 +14,8 @@ the same batch size on the same real NEU steel images, and every switch is appli
 Reported: images/s end to end (data + augmentation + step) and for the training step alone
 (forward + loss + backward + optimizer on a ready batch), the ratios ours/lightly per precision,
 and the step's share of the machine's GEMM ceiling (FLOPs of one step counted by
-``torch.utils.flop_counter``, ceiling = a square matmul at the same precision and threads).
+``torch.utils.flop_counter``, ceiling = the faster of a square matmul and a 3x3 convolution at the
+same precision and threads: :func:`gemm_gflops`).
 
 Run (needs lightly next to the project, see benchmarks/results/simclr_vs_lightly.md):
     benchmarks/.work/venv-lightly/bin/python benchmarks/simclr_vs_lightly.py --images 768 --batch 64 --size 64
@@ -113,16 +114,32 @@ def timed_steps(step, batches, warmup: int, steps: int) -> list[float]:
     return out
 
 
-def gemm_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best-of GFLOP/s of an n x n x n matmul at ``dtype`` with the current torch threads."""
-    x, y = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    x @ y
+def _best_gflops(fn, flop: float, reps: int) -> float:
+    fn()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        x @ y
+        fn()
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return flop / best / 1e9
+
+
+def gemm_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """The machine's compute ceiling at ``dtype`` with the current torch threads: best-of GFLOP/s of
+    the faster of an n x n x n matmul and a 3x3 convolution (batch 64, 256 -> 256 channels, 16 px,
+    channels_last).
+
+    The two take different libraries on CPU (matmul: MKL's GEMM; convolution: oneDNN), and on AMD
+    CPUs MKL's fp32 GEMM reaches well under half of what oneDNN's convolutions do (2026-12-02,
+    Zen 5 EPYC, 2 threads: 170 vs 449 GFLOP/s), so a matmul alone is no ceiling for a ResNet step.
+    """
+    x, y = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    matmul = _best_gflops(lambda: x @ y, 2 * n**3, reps)
+    b, c, s = 64, 256, 16
+    img = torch.randn(b, c, s, s).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, c, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
+    conv = _best_gflops(lambda: torch.nn.functional.conv2d(img, weight, padding=1), 2 * b * c * c * 9 * s * s, reps)
+    return max(matmul, conv)
 
 
 def make_step(loss_fn, amp: bool, channels_last: bool, fused: bool = False, compile_model: bool = False):

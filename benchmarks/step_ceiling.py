@@ -16,8 +16,9 @@ applied to both sides through defectbench's hooks:
 
 Reported: step img/s (1 / median seconds per image over every timed step of every repeat), the
 ratios to the eager default-Adam step and ours/lightly, and the share of the GEMM ceiling: step
-img/s x FLOPs per image (``torch.utils.flop_counter`` on one step) / the GFLOP/s of a 2048^3
-``torch.matmul`` at the same precision and threads, measured next to every round.
+img/s x FLOPs per image (``torch.utils.flop_counter`` on one step) / the compute ceiling at the
+same precision and threads (the faster of a 2048^3 matmul and a 3x3 convolution,
+``simclr_vs_lightly.gemm_gflops``), measured next to every round.
 
 Run (needs lightly next to the project, see benchmarks/results/simclr_vs_lightly.md):
     benchmarks/.work/venv-lightly/bin/python benchmarks/step_ceiling.py
