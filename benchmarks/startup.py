@@ -176,10 +176,11 @@ def main() -> None:
             rows.append(f"| {stage} (`{module}`) | " + " | ".join(f"{v:.2f}" for v in vals) + " |" + ratio)
         return rows
 
-    def setup_rows(kind: str) -> list[str]:
-        return [f"| {what} {unit} | " + " | ".join(f"{median(setup[(n, kind, step)], which):.2f}" for n in names) + " |"
+    def setup_table(kind: str) -> list[str]:
+        rows = [f"| {what} {unit} | " + " | ".join(f"{median(setup[(n, kind, step)], which):.2f}" for n in names) + " |"
                 for step, what in ((False, "set-up"), (True, "set-up + one training step"))
                 for which, unit in ((1, "CPU s"), (0, "wall s"))]
+        return ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names), *rows]
 
     lines = [
         "# Start-up cost per job: stage imports and a no-op job",
@@ -200,18 +201,14 @@ def main() -> None:
         "",
         "A training job's set-up adds its first step: forward, backward and the pipeline's Adam step at 32 px.",
         "",
-        "| | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-        *setup_rows("torch"),
+        *setup_table("torch"),
         "",
         "## Diffusion job set-up: import `defectbench.diffusion.ddpm`, enter `stage_job`, build a 3-level UNet "
         "(32/64/128, attention at the coarsest level) and the noise schedule",
         "",
         "A pretrain_diffusion job's set-up adds its first step: forward, backward and AdamW at 64 px, batch 2.",
         "",
-        "| | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-        *setup_rows("diffusion"),
+        *setup_table("diffusion"),
         "",
         f"## One no-op job (score_anomaly's module): `snakemake --cores 1` with {args.jobs} no-op jobs minus the "
         "same call with nothing to do, per job",

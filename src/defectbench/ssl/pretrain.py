@@ -34,9 +34,9 @@ from defectbench.data.cache import read_split_images
 from defectbench.models.backbones import build_backbone
 from defectbench.models.encoders import save_encoder
 from defectbench.models.projector import ContrastiveModel
+from defectbench.optim import Adam, CosineSchedule
 from defectbench.runtime import DefectbenchError, stage_job, write_parquet
 from defectbench.ssl.augment import AugmentParams, augment_batch, resolve_params, weaker
-from defectbench.optim import Adam, CosineSchedule
 from defectbench.train import checkpointed, compiled, epoch_generator, train_loop
 
 log = logging.getLogger("defectbench")
