@@ -49,6 +49,14 @@ _DOWN_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 _RESAMPLE_TYPES = ("conv", "resnet")
 
 
+def _nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest 2x upsampling, first making ``x`` contiguous where diffusers' ``Upsample2D`` does:
+    that decides the output's memory format and so the kernels of the next convolution."""
+    if x.shape[0] >= 64 or x.numel() * 2 > 2**31:
+        x = x.contiguous()
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding (B,) -> (B, dim), cos half first (diffusers' ``flip_sin_to_cos=True``, shift 0)."""
     half = dim // 2
@@ -76,7 +84,7 @@ class _Resnet(nn.Module):
         if self.resample == "down":
             return F.avg_pool2d(x, kernel_size=2, stride=2)
         if self.resample == "up":
-            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+            return _nearest_2x(x)
         return x
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -85,7 +93,9 @@ class _Resnet(nn.Module):
         h = self.conv1(h) + self.time_emb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
         if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
+            # diffusers makes it contiguous in training: after an attention block x is channels-last
+            # strided, and the layout picks the convolution kernel (results differ in the last bit)
+            x = self.conv_shortcut(x.contiguous() if self.training else x)
         return x + h
 
 
@@ -123,7 +133,7 @@ class _Resample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=1 if up else 2, padding=1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest") if self.up else x)
+        return self.conv(_nearest_2x(x) if self.up else x)
 
 
 def _resampler(kind: str | None, channels: int, temb: int, groups: int, eps: float, up: bool) -> nn.ModuleList | None:
