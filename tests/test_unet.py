@@ -119,6 +119,14 @@ def test_unet_from_pretrained_refuses_what_it_does_not_implement(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "block_out_channels": [8, 32]}))
     with pytest.raises(DefectbenchError, match="diffusion_pytorch_model.safetensors: does not match"):
         UNet2D.from_pretrained(tmp_path)
+    sched = ddpm.make_scheduler({"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02})
+    sched.save_pretrained(tmp_path)
+    sched_config = json.loads((tmp_path / "scheduler_config.json").read_text())
+    for key, value, message in [("beta_schedule", "scaled_linear", "beta_schedule='scaled_linear' is not supported"),
+                                ("beta_end", None, "must be numbers")]:
+        (tmp_path / "scheduler_config.json").write_text(json.dumps({**sched_config, key: value}))
+        with pytest.raises(DefectbenchError, match=message):
+            ddpm.NoiseSchedule.from_pretrained(tmp_path)
     # loading leaves the caller's random numbers where they were
     (tmp_path / "config.json").write_text(json.dumps(config))
     torch.manual_seed(1)

@@ -125,13 +125,16 @@ class NoiseSchedule:
         path = Path(directory) / cls.CONFIG_NAME
         try:
             config = json.loads(path.read_text())
-            for key, value in (("_class_name", "DDPMScheduler"), ("beta_schedule", "linear"), ("trained_betas", None),
-                               ("prediction_type", "epsilon")):
-                if config.get(key, value) != value:
-                    raise DefectbenchError(f"{path}: {key}={config[key]!r} is not supported (only {value!r})")
+        except (OSError, ValueError) as exc:
+            raise DefectbenchError(f"{path}: not a readable scheduler config ({exc})") from exc
+        for key, value in (("_class_name", "DDPMScheduler"), ("beta_schedule", "linear"), ("trained_betas", None),
+                           ("prediction_type", "epsilon")):
+            if config.get(key, value) != value:
+                raise DefectbenchError(f"{path}: {key}={config[key]!r} is not supported (only {value!r})")
+        try:
             return cls(config["num_train_timesteps"], config["beta_start"], config["beta_end"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DefectbenchError(f"{path}: not a readable DDPM scheduler config ({exc!r})") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DefectbenchError(f"{path}: num_train_timesteps, beta_start and beta_end must be numbers ({exc!r})") from exc
 
 
 def make_scheduler(cfg: dict[str, Any]) -> NoiseSchedule:
@@ -289,7 +292,7 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
                       cfg["attention_levels"], cfg["resnet_updown"]).to(device)
     scheduler = make_scheduler(cfg)
     table = scheduler_table(scheduler).to(device)
-    n_steps = int(scheduler.num_train_timesteps)
+    n_steps = scheduler.num_train_timesteps
     ema = EMA(unet, cfg["ema_decay"])
     optimizer = Adam(unet.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
                      decoupled_weight_decay=True)
@@ -319,8 +322,9 @@ def train_ddpm(images: np.ndarray, cfg: dict[str, Any], *, seed: int, device: to
 
 # ----------------------------------------------------------------------------- convergence report
 @torch.no_grad()
-def mask_reconstruction_errors(unet: nn.Module, scheduler: NoiseSchedule, images: np.ndarray, masks: np.ndarray, *, seed: int,
-                               device: torch.device, batch_size: int = 16, amp: str = "none") -> dict[str, float]:
+def mask_reconstruction_errors(unet: nn.Module, scheduler: NoiseSchedule, images: np.ndarray, masks: np.ndarray, *,
+                               seed: int, device: torch.device, batch_size: int = 16,
+                               amp: str = "none") -> dict[str, float]:
     """Mean |x̂ - x| (channel mean, [-1,1] space) inside and outside the defect masks of ``images``.
 
     x̂: each image noised to DDAD's depth T/4 (250 of 1000) and denoised back by deterministic
